@@ -1,0 +1,375 @@
+"""One typed config, read from params.yaml and validated once, before any work.
+
+Every section of params.yaml is a frozen dataclass below. `load_config` rejects unknown keys, wrong
+types and out-of-range values with a `ConfigError` whose message is one line naming the key, the bad
+value and what is allowed; the CLI turns it into exit code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHES = ("resnet50", "vgg19")
+DATASETS = ("cifar10", "fashion-mnist")
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml (or a CLI override); the message is one line with the fix."""
+
+
+def parse_lambda(text: str | float, key: str = "lambda") -> float:
+    """λ is written as a label like "1e-4" in params.yaml (it names files); this is its value."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f'{key}: {text!r} is not a number; write it like "1e-4" or "0"') from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key}: {text!r} must be a finite number >= 0 (0 turns the L1 penalty off)")
+    return value
+
+
+def lambda_label(value: float | str) -> str:
+    """The canonical file-name label of a λ: 1e-4 -> "1e-4", 0 -> "0", 3.2e-5 -> "3.2e-5"."""
+    v = float(value)
+    if v == 0:
+        return "0"
+    mantissa, exponent = f"{v:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def ratio_label(value: float) -> str:
+    """The file-name label of a prune ratio: 0.9 -> "0.9"."""
+    return f"{float(value):g}"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False  # bit-exact reruns (and resumes) on the CPU; slower on CUDA
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Every file location of the pipeline, declared once; dvc.yaml reads the same keys."""
+
+    raw: str = "data/raw"
+    prepared: str = "data/prepared"
+    sparse: str = "models/sparse"
+    pruned: str = "models/pruned"
+    finetuned: str = "models/finetuned"
+    train_reports: str = "reports/train"
+    prune_reports: str = "reports/prune"
+    finetune_reports: str = "reports/finetune"
+    search_reports: str = "reports/search"
+    reports: str = "reports"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"
+    cifar10_path: str | None = None  # a cifar-10-batches-py folder or cifar-10-python.tar.gz
+    fashion_mnist_path: str | None = None  # a folder with the four idx files (.gz or not)
+    download: bool = True  # let torchvision download when no local copy is found
+    val_size: int = 5000  # held out of the training set; λ and lr are chosen on it
+    train_subset: int | None = None  # first N training images after the val split; None = all
+    test_subset: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet50"
+    width: float = 1.0  # scales every default channel count; < 1 for quick runs
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Shared by sparsity training and fine-tuning (each has its own section)."""
+
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `epochs` where lr is multiplied by gamma
+    lr_gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimConfig):
+    lambdas: tuple[str, ...] = ("1e-4", "1e-5", "0")  # one sparsity run per λ (labels name the files)
+    sparsity_threshold: float = 1e-2  # |γ| below this counts as "sparse" in the history
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(OptimConfig):
+    epochs: int = 20
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    lambda_: str = "1e-4"  # which sparse model is pruned (`lambda` in params.yaml)
+    ratios: tuple[float, ...] = (0.5, 0.9)
+    target_params: int | None = None  # if set: the smallest ratio whose model fits this many params
+    min_channels: int = 2  # no prunable layer keeps fewer channels than this
+    bias_compensation: bool = True  # fold relu(β) of removed channels into the next layer
+
+
+@dataclass(frozen=True)
+class ConstraintsConfig:
+    min_accuracy: float = 0.90  # test accuracy of the fine-tuned model
+    max_params: int = 4_000_000
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How to run, not what to compute: none of it changes the results' meaning."""
+
+    amp: bool = True  # bf16 autocast on CUDA; always fp32 on the CPU
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # SyncBatchNorm under DDP
+    eval_batch_size: int = 1024
+    throughput_repeats: int = 5  # timed batches per measurement
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "netslim"
+    uri: str | None = None  # MLFLOW_TRACKING_URI wins; None = sqlite:///mlflow.db in the project
+    register_models: bool = True
+    log_models: bool = True
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    study_name: str = "netslim"
+    n_trials: int = 20
+    storage: str | None = None  # None = sqlite:///<search_reports>/study.db
+    lambda_min: float = 1e-6
+    lambda_max: float = 1e-3
+    lambda_steps_per_decade: int = 4  # λ on a log grid, so trials share sparse checkpoints
+    lr_min: float = 1e-4
+    lr_max: float = 1e-2
+    ratio: float = 0.9
+    train_epochs: int = 40
+    finetune_epochs: int = 20
+    heartbeat_interval: int = 60  # seconds; a dead worker's trial is failed after 2 intervals
+    divergence_loss: float = 1e3  # a training loss above this (or NaN) ends the trial
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """All values as one flat {"section.key": value} dict (for MLflow params)."""
+        flat: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            for f in dataclasses.fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), f.name)
+                flat[f"{section.name}.{_yaml_key(f.name)}"] = list(value) if isinstance(value, tuple) else value
+        return flat
+
+
+def _yaml_key(field_name: str) -> str:
+    return field_name.rstrip("_")  # `lambda` is a Python keyword, so the field is `lambda_`
+
+
+# ---- reading and checking -------------------------------------------------------------------
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(key, value, option)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: {value!r} must be a list")
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        return tuple(_check_type(f"{key}[{i}]", v, item_hint) for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: {value!r} must be a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, str):
+                try:  # PyYAML reads `1e-4` (no dot) as a string; accept what is plainly a number
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{key}: {value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: {value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")  # a bug in this file, not in params
+
+
+def _section_from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: {raw!r} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {_yaml_key(f.name): f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{prefix}.{key}: unknown key; allowed keys are: {allowed}")
+        name = fields[key]
+        kwargs[name] = _check_type(f"{prefix}.{key}", value, hints[name])
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any] | None) -> Config:
+    """Build and validate a Config from the parsed params.yaml mapping."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: the file must hold a mapping of sections, not {type(raw).__name__}")
+    hints = typing.get_type_hints(Config)
+    sections = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"{key}: unknown section; allowed sections are: {', '.join(hints)}")
+        sections[key] = _section_from_dict(hints[key], value, key)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _validate_optim(section: str, o: OptimConfig) -> None:
+    _require(o.epochs >= 1, f"{section}.epochs: {o.epochs} must be >= 1")
+    _require(o.batch_size >= 1, f"{section}.batch_size: {o.batch_size} must be >= 1")
+    _require(o.lr > 0, f"{section}.lr: {o.lr} must be > 0 (e.g. 1e-3)")
+    _require(o.weight_decay >= 0, f"{section}.weight_decay: {o.weight_decay} must be >= 0")
+    _require(0 < o.lr_gamma <= 1, f"{section}.lr_gamma: {o.lr_gamma} must be in (0, 1]")
+    for m in o.milestones:
+        _require(
+            0 < m < 1,
+            f"{section}.milestones: {m} is past the last epoch; milestones are fractions of "
+            f"{section}.epochs in (0, 1), e.g. [0.5, 0.75]",
+        )
+    _require(
+        list(o.milestones) == sorted(o.milestones),
+        f"{section}.milestones: {list(o.milestones)} must be increasing",
+    )
+
+
+def validate(c: Config) -> None:
+    """Range checks across the whole config; raises ConfigError on the first problem."""
+    _require(c.model.arch in ARCHES, f"model.arch: {c.model.arch!r} is unknown; use one of {', '.join(ARCHES)}")
+    _require(
+        c.data.dataset in DATASETS,
+        f"data.dataset: {c.data.dataset!r} is unknown; use one of {', '.join(DATASETS)}",
+    )
+    _require(0 < c.model.width <= 4, f"model.width: {c.model.width} must be in (0, 4]")
+    _require(c.data.val_size >= 0, f"data.val_size: {c.data.val_size} must be >= 0")
+    for key in ("train_subset", "test_subset"):
+        v = getattr(c.data, key)
+        _require(v is None or v >= 1, f"data.{key}: {v} must be >= 1, or null for all images")
+    _require(
+        c.experiment.device == "auto" or c.experiment.device.split(":")[0] in ("cpu", "cuda"),
+        f"experiment.device: {c.experiment.device!r} must be auto, cpu, cuda or cuda:N",
+    )
+    _validate_optim("train", c.train)
+    _validate_optim("finetune", c.finetune)
+    _require(len(c.train.lambdas) >= 1, 'train.lambdas: [] must list at least one λ, e.g. ["1e-4"]')
+    for i, lam in enumerate(c.train.lambdas):
+        parse_lambda(lam, f"train.lambdas[{i}]")
+    _require(len(set(map(float, c.train.lambdas))) == len(c.train.lambdas), "train.lambdas: values repeat")
+    _require(c.train.sparsity_threshold > 0, f"train.sparsity_threshold: {c.train.sparsity_threshold} must be > 0")
+    parse_lambda(c.prune.lambda_, "prune.lambda")
+    _require(
+        float(c.prune.lambda_) in {float(v) for v in c.train.lambdas},
+        f"prune.lambda: {c.prune.lambda_!r} is not among train.lambdas {list(c.train.lambdas)}; "
+        "add it there or pick one of them",
+    )
+    _require(len(c.prune.ratios) >= 1, "prune.ratios: [] must list at least one ratio, e.g. [0.5, 0.9]")
+    for r in c.prune.ratios:
+        _require(0 <= r < 1, f"prune.ratios: {r} is outside [0, 1); 0.9 removes 90% of the prunable channels")
+    _require(c.prune.min_channels >= 1, f"prune.min_channels: {c.prune.min_channels} must be >= 1")
+    _require(
+        c.prune.target_params is None or c.prune.target_params >= 1,
+        f"prune.target_params: {c.prune.target_params} must be a positive parameter count or null",
+    )
+    _require(
+        0 < c.constraints.min_accuracy <= 1,
+        f"constraints.min_accuracy: {c.constraints.min_accuracy} must be in (0, 1], e.g. 0.90",
+    )
+    _require(c.constraints.max_params >= 1, f"constraints.max_params: {c.constraints.max_params} must be >= 1")
+    _require(c.runtime.eval_batch_size >= 1, f"runtime.eval_batch_size: {c.runtime.eval_batch_size} must be >= 1")
+    _require(c.runtime.throughput_repeats >= 1, "runtime.throughput_repeats: must be >= 1")
+    s = c.search
+    _require(s.n_trials >= 1, f"search.n_trials: {s.n_trials} must be >= 1")
+    _require(0 < s.lambda_min < s.lambda_max, "search.lambda_min/lambda_max: need 0 < lambda_min < lambda_max")
+    _require(0 < s.lr_min < s.lr_max, "search.lr_min/lr_max: need 0 < lr_min < lr_max")
+    _require(s.lambda_steps_per_decade >= 1, "search.lambda_steps_per_decade: must be >= 1")
+    _require(0 <= s.ratio < 1, f"search.ratio: {s.ratio} is outside [0, 1)")
+    _require(s.train_epochs >= 1 and s.finetune_epochs >= 1, "search.train_epochs/finetune_epochs: must be >= 1")
+    _require(s.heartbeat_interval >= 1, "search.heartbeat_interval: must be >= 1 second")
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read params.yaml (plus optional {"section.key": value} overrides) into a validated Config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found; run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"{dotted}: an override must be section.key=value")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: must be a mapping")
+        raw[section][key] = value
+    return config_from_dict(raw)

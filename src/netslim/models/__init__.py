@@ -1,0 +1,131 @@
+"""Models built from a cfg, and the one checkpoint format that rebuilds any of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from netslim.io import CheckpointError, load_checkpoint, save_torch
+from netslim.models.resnet import ResNet50, default_resnet50_cfg
+from netslim.models.vgg import VGG, default_vgg19_cfg
+
+CHECKPOINT_FORMAT = "netslim-checkpoint/1"
+ARCHES = ("resnet50", "vgg19")
+
+
+def default_cfg(arch: str, width: float = 1.0) -> list:
+    if arch == "resnet50":
+        return default_resnet50_cfg(width)
+    if arch == "vgg19":
+        return default_vgg19_cfg(width)
+    raise ValueError(f"arch {arch!r} is unknown; use one of {', '.join(ARCHES)}")
+
+
+def build_model(arch: str, num_classes: int = 10, cfg: list | None = None, width: float = 1.0) -> nn.Module:
+    """Args:
+    arch: "resnet50" or "vgg19".
+    cfg: per-layer widths (see each model); None = unpruned.
+    width: scales the unpruned widths (and, for resnet50, the fixed block outputs) for quick runs.
+    """
+    if arch == "resnet50":
+        return ResNet50(num_classes, cfg, width)
+    if arch == "vgg19":
+        return VGG(num_classes, cfg, width)
+    raise ValueError(f"arch {arch!r} is unknown; use one of {', '.join(ARCHES)}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def make_checkpoint(model: nn.Module, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one file format: arch, width, num_classes, cfg, state_dict and provenance (plain data only)."""
+    model = unwrap(model)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "arch": model.arch,
+        "width": float(model.width),
+        "num_classes": int(model.num_classes),
+        "cfg": [list(p) if isinstance(p, list | tuple) else p for p in model.cfg],
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "provenance": dict(provenance or {}),
+    }
+
+
+def save_model(path: str | Path, model: nn.Module, provenance: dict[str, Any] | None = None) -> None:
+    save_torch(path, make_checkpoint(model, provenance))
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> nn.Module:
+    """Rebuild a model from a checkpoint dict; any mismatch is a CheckpointError naming `path`."""
+    for key in ("arch", "num_classes", "cfg", "state_dict"):
+        if key not in checkpoint:
+            raise CheckpointError(f"{path}: not a netslim model checkpoint (no {key!r}); pass a file netslim wrote")
+    arch = checkpoint["arch"]
+    if arch not in ARCHES:
+        raise CheckpointError(f"{path}: arch {arch!r} is unknown; this netslim builds {', '.join(ARCHES)}")
+    try:
+        model = build_model(
+            arch, int(checkpoint["num_classes"]), checkpoint["cfg"], float(checkpoint.get("width", 1.0))
+        )
+    except (ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: its cfg does not build a {arch}: {e}") from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:300]
+        raise CheckpointError(f"{path}: weights do not match its cfg/arch {arch} ({detail})") from None
+    return model
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild any unpruned, pruned or fine-tuned model from its file alone (weights_only=True)."""
+    return model_from_checkpoint(load_checkpoint(path), path)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in unwrap(model).parameters())
+
+
+def batchnorms(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    return {n: m for n, m in unwrap(model).named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def prunable_batchnorms(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    """The BNs whose channels Network Slimming may remove, by name, in forward order.
+
+    resnet50: only each bottleneck's bn1 and bn2 (the stem, bn3 and downsample keep residuals matching).
+    vgg19: every conv's BN.
+    """
+    bns, arch = batchnorms(model), unwrap(model).arch
+    if arch == "resnet50":
+        return {n: m for n, m in bns.items() if n.startswith("layer") and n.rsplit(".", 1)[-1] in ("bn1", "bn2")}
+    if arch == "vgg19":
+        return bns
+    raise ValueError(f"arch {arch!r} is unknown; use one of {', '.join(ARCHES)}")
+
+
+__all__ = [
+    "ARCHES",
+    "CHECKPOINT_FORMAT",
+    "build_model",
+    "default_cfg",
+    "load_model",
+    "save_model",
+    "make_checkpoint",
+    "model_from_checkpoint",
+    "count_params",
+    "prunable_batchnorms",
+    "batchnorms",
+    "unwrap",
+]

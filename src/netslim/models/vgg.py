@@ -1,0 +1,67 @@
+"""CIFAR VGG-19 with BatchNorm, every conv width from a cfg ('M' marks a 2×2 max-pool)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VGG19_CFG: list[int | str] = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+]
+
+VGGCfg = list[int | str]
+
+
+def default_vgg19_cfg(width: float = 1.0) -> VGGCfg:
+    return [v if v == "M" else max(1, int(round(v * width))) for v in VGG19_CFG]
+
+
+class VGG(nn.Module):
+    """Args:
+    num_classes: size of the linear head.
+    cfg: conv widths with 'M' for max-pool; None = VGG-19 (scaled by `width`).
+    width: scales the default cfg.
+    """
+
+    def __init__(self, num_classes: int = 10, cfg: VGGCfg | None = None, width: float = 1.0) -> None:
+        super().__init__()
+        cfg = default_vgg19_cfg(width) if cfg is None else [v if v == "M" else int(v) for v in cfg]
+        if not cfg or cfg[0] == "M" or any(v != "M" and v < 1 for v in cfg):
+            raise ValueError(f"vgg cfg must start with a conv width and hold positive widths or 'M', got {cfg}")
+        self.cfg = cfg
+        self.width = float(width)  # kept so a checkpoint can rebuild the fixed widths
+        self.num_classes = num_classes
+        self.arch = "vgg19"
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(in_channels, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(True)]
+                in_channels = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
