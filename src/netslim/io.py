@@ -109,8 +109,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"({first[:160]}); only load checkpoints netslim wrote"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        detail = str(e).splitlines()[0][:120] if str(e) else ""
         raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {detail}); "
             "it may be truncated or corrupt: delete it and rerun the stage that writes it"
         ) from None
     if not isinstance(obj, dict):
