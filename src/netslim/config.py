@@ -46,9 +46,25 @@ def lambda_label(value: float | str) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def ratio_label(value: float) -> str:
-    """The file-name label of a prune ratio: 0.9 -> "0.9"."""
-    return f"{float(value):g}"
+BUDGET = "budget"  # a prune.ratios entry that means "the smallest ratio fitting prune.target_params"
+
+
+def ratio_label(value: float | str) -> str:
+    """The file-name label of a prune target: 0.9 -> "0.9", "budget" -> "budget"."""
+    return BUDGET if value == BUDGET else f"{float(value):g}"
+
+
+def parse_ratio(text: float | str, key: str = "ratio") -> float | str:
+    """A prune target from the CLI or params: a ratio in [0, 1), or "budget"."""
+    if text == BUDGET:
+        return BUDGET
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f'{key}: {text!r} must be a ratio in [0, 1) like 0.9, or "budget"') from None
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key}: {text!r} is outside [0, 1); 0.9 removes 90% of the prunable channels")
+    return value
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class PathsConfig:
     finetune_reports: str = "reports/finetune"
     search_reports: str = "reports/search"
     reports: str = "reports"
+    state: str = ".netslim/state"  # per-epoch resume states; outside DVC outs so a crash keeps them
 
 
 @dataclass(frozen=True)
@@ -117,8 +134,8 @@ class FinetuneConfig(OptimConfig):
 @dataclass(frozen=True)
 class PruneConfig:
     lambda_: str = "1e-4"  # which sparse model is pruned (`lambda` in params.yaml)
-    ratios: tuple[float, ...] = (0.5, 0.9)
-    target_params: int | None = None  # if set: the smallest ratio whose model fits this many params
+    ratios: tuple[float | str, ...] = (0.5, 0.9)  # one prune per entry; "budget" = fit target_params
+    target_params: int | None = None  # for a "budget" entry: the smallest ratio whose model fits this many params
     min_channels: int = 2  # no prunable layer keeps fewer channels than this
     bias_compensation: bool = True  # fold relu(β) of removed channels into the next layer
 
@@ -143,6 +160,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    enabled: bool = True
     experiment: str = "netslim"
     uri: str | None = None  # MLFLOW_TRACKING_URI wins; None = sqlite:///mlflow.db in the project
     register_models: bool = True
@@ -320,17 +338,31 @@ def validate(c: Config) -> None:
     _require(len(c.train.lambdas) >= 1, 'train.lambdas: [] must list at least one λ, e.g. ["1e-4"]')
     for i, lam in enumerate(c.train.lambdas):
         parse_lambda(lam, f"train.lambdas[{i}]")
+        _require(
+            lambda_label(lam) == str(lam),
+            f"train.lambdas[{i}]: {lam!r} must be written as {lambda_label(lam)!r} (the label names its files)",
+        )
     _require(len(set(map(float, c.train.lambdas))) == len(c.train.lambdas), "train.lambdas: values repeat")
     _require(c.train.sparsity_threshold > 0, f"train.sparsity_threshold: {c.train.sparsity_threshold} must be > 0")
     parse_lambda(c.prune.lambda_, "prune.lambda")
+    _require(
+        lambda_label(c.prune.lambda_) == str(c.prune.lambda_),
+        f"prune.lambda: {c.prune.lambda_!r} must be written as {lambda_label(c.prune.lambda_)!r}",
+    )
     _require(
         float(c.prune.lambda_) in {float(v) for v in c.train.lambdas},
         f"prune.lambda: {c.prune.lambda_!r} is not among train.lambdas {list(c.train.lambdas)}; "
         "add it there or pick one of them",
     )
     _require(len(c.prune.ratios) >= 1, "prune.ratios: [] must list at least one ratio, e.g. [0.5, 0.9]")
-    for r in c.prune.ratios:
-        _require(0 <= r < 1, f"prune.ratios: {r} is outside [0, 1); 0.9 removes 90% of the prunable channels")
+    for i, r in enumerate(c.prune.ratios):
+        parse_ratio(r, f"prune.ratios[{i}]")
+    labels = [ratio_label(r) for r in c.prune.ratios]
+    _require(len(set(labels)) == len(labels), f"prune.ratios: {list(c.prune.ratios)} has repeats")
+    _require(
+        BUDGET not in labels or c.prune.target_params is not None,
+        'prune.ratios: "budget" needs prune.target_params set to a parameter count, e.g. 4000000',
+    )
     _require(c.prune.min_channels >= 1, f"prune.min_channels: {c.prune.min_channels} must be >= 1")
     _require(
         c.prune.target_params is None or c.prune.target_params >= 1,

@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine: `make demo` (the whole pipeline, offline) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo test test-fast ui setup system-deps lint bench search clean-demo
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+# Debian packages: the embedded dataset, and PostgreSQL for the multi-worker Optuna test.
+system-deps:
+	@missing=""; \
+	test -f $(FMNIST) || missing="$$missing dataset-fashion-mnist"; \
+	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "netslim needs the Debian package(s)$$missing: run 'sudo apt-get install$$missing' (or set data.fashion_mnist_path)"; \
+	    test -f $(FMNIST) || exit 1; fi; \
+	fi
+
+demo: setup
+	$(BIN)/python -m netslim.demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+search: setup
+	$(BIN)/dvc repro search/dvc.yaml
+
+bench: setup
+	$(BIN)/netslim bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests

@@ -1,0 +1,378 @@
+"""The one train/evaluate loop, used by sparsity training, fine-tuning, the search and the benchmark.
+
+Design, in the order a step runs:
+- the prepared uint8 dataset sits on the training device; each epoch takes a seeded permutation and
+  augments whole batches there (no DataLoader, no per-image PIL);
+- forward in bf16 autocast on CUDA (fp32 on the CPU), backward, then the L1 subgradient on BN γ,
+  then optimizer.step(): the regularizer is a hook between backward() and step();
+- loss and correct counts accumulate as device tensors; the host reads them once per epoch (and every
+  `postfix_every` steps when a progress bar is shown), so a step never waits on the device;
+- under torchrun each rank trains on its own shard of every epoch's permutation, DDP averages the
+  gradients, and the L1 term is added after that average, identically on every rank;
+- every finished epoch is saved as a full training state (model, optimizer, scheduler, epoch, history,
+  best-so-far) so that a killed run resumes from its last finished epoch. Shuffling and augmentation
+  draw from generators seeded by (seed, epoch), so a resumed run sees exactly the batches the
+  uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from netslim.data import PreparedData, Split, normalize, random_crop_flip
+from netslim.io import CheckpointError, load_checkpoint, save_torch
+from netslim.models import unwrap
+from netslim.slimming.sparsity import add_l1_subgradient, sparsity
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN/inf or exceeded the divergence limit."""
+
+    def __init__(self, epoch: int, loss: float, limit: float) -> None:
+        super().__init__(f"training diverged at epoch {epoch}: train loss {loss:.4g} (limit {limit:.4g})")
+        self.epoch, self.loss = epoch, loss
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything that decides what a run computes (its fingerprint guards resumes)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `epochs`
+    lr_gamma: float = 0.1
+    sparsity_lambda: float = 0.0  # λ of the L1 penalty on BN γ; 0 = plain training
+    sparsity_threshold: float = 1e-2
+    seed: int = 0
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    eval_batch_size: int = 1024
+    divergence_loss: float = math.inf
+
+    def milestone_epochs(self) -> list[int]:
+        return sorted({max(1, int(round(m * self.epochs))) for m in self.milestones})
+
+    def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
+        blob = json.dumps({"settings": asdict(self), "extra": extra or {}}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_acc: float
+    best_state: dict[str, torch.Tensor]
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- device and distribution ----------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            return torch.device("cuda", rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"experiment.device: {name!r} but CUDA is not available; use auto or cpu")
+    return device
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Bit-exact reruns: deterministic kernels (CPU is deterministic already at fixed threads)."""
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = not enabled
+
+
+def show_progress() -> bool:
+    """Bars only on a terminal and only on rank 0."""
+    return sys.stderr.isatty() and is_main_process()
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def _memory_format(device: torch.device, channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    batch_size: int = 1024,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on `split`, in eval mode, restoring the mode after."""
+    was_training = model.training
+    model.eval()
+    fmt = _memory_format(device, channels_last)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    images, labels = split.images.to(device, non_blocking=True), split.labels.to(device, non_blocking=True)
+    for start in range(0, len(split), batch_size):
+        x = normalize(images[start : start + batch_size], mean, std).contiguous(memory_format=fmt)
+        y = labels[start : start + batch_size]
+        with _autocast(device, amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(1, len(split))
+    return float(loss_sum) / n, float(correct) / n
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch): resumed epochs replay exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def make_optimizer(
+    model: nn.Module, s: FitSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam, lr ×lr_gamma at each milestone (fractions of the epochs), as the seeds trained."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, s.milestone_epochs(), gamma=s.lr_gamma)
+    return optimizer, scheduler
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    s: FitSettings,
+    device: torch.device,
+    generator: torch.Generator,
+    bar: tqdm | None = None,
+    postfix_every: int = 20,
+) -> tuple[float, float]:
+    """One pass over this rank's shard; returns (mean loss, accuracy) over all ranks."""
+    rank, world_size = world()
+    model.train()
+    fmt = _memory_format(device, s.channels_last)
+    order = torch.randperm(len(split), generator=generator)
+    # Every rank draws the same permutation and takes its own strided shard of equal length.
+    per_rank = len(order) // world_size
+    order = order[rank * per_rank : (rank + 1) * per_rank] if world_size > 1 else order
+    # Drop a last partial batch: a batch of 1 breaks BatchNorm and a ragged one skews the step.
+    steps = max(1, len(order) // s.batch_size) if len(order) >= 2 else 0
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step in range(steps):
+        idx = order[step * s.batch_size : (step + 1) * s.batch_size]
+        x_u8 = split.images[idx.to(split.images.device)]
+        y = split.labels[idx.to(split.labels.device)].to(device, non_blocking=True)
+        x = normalize(random_crop_flip(x_u8.to(device, non_blocking=True), generator), mean, std)
+        x = x.contiguous(memory_format=fmt)
+        with _autocast(device, s.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        add_l1_subgradient(model, s.sparsity_lambda)  # after the all-reduce, before the step
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.update(len(y) * world_size)
+            if step % postfix_every == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{float(correct) / seen:.3f}")
+    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device).double()])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    total_seen = max(1.0, float(totals[2]))
+    return float(totals[0]) / total_seen, float(totals[1]) / total_seen
+
+
+def _rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_training_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The saved state if it belongs to this exact run (same fingerprint), else None."""
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        print(f"warning: ignoring unreadable resume state: {e}", file=sys.stderr)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"note: {path} belongs to a run with other settings; starting fresh", file=sys.stderr)
+        return None
+    return state
+
+
+def fit(
+    model: nn.Module,
+    data: PreparedData,
+    s: FitSettings,
+    device: torch.device,
+    *,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    fingerprint_extra: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train `model` in place for `s.epochs` and keep the best state by validation accuracy.
+
+    Args:
+        data: prepared splits; they are moved to `device` once here.
+        state_path: where the full training state is saved after every epoch (rank 0 only).
+        resume: continue from `state_path` when it holds a state of this same run.
+        fingerprint_extra: what else identifies the run (source checkpoint hash, data meta).
+        on_epoch: called on every rank after each epoch with the history record and the plain model
+            (tracking, Optuna pruning); an exception it raises stops training.
+    """
+    rank, world_size = world()
+    model.to(device)
+    model.to(memory_format=_memory_format(device, s.channels_last))
+    data = data.to(device)
+    optimizer, scheduler = make_optimizer(model, s)
+    history: list[dict[str, float]] = []
+    best_val, best_epoch, best_state = -1.0, 0, copy.deepcopy(unwrap(model).state_dict())
+    start_epoch = 0
+    fingerprint = s.fingerprint(fingerprint_extra)
+    state_path = Path(state_path) if state_path else None
+    if resume and state_path is not None:
+        state = load_training_state(state_path, fingerprint)
+        if state is not None:
+            unwrap(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _restore_rng(state["rng"])
+            history, start_epoch = list(state["history"]), int(state["epoch"])
+            best_val, best_epoch, best_state = float(state["best_val"]), int(state["best_epoch"]), state["best_state"]
+            if rank == 0:
+                print(f"resuming {desc} after epoch {start_epoch}/{s.epochs} from {state_path}", file=sys.stderr)
+
+    train_model: nn.Module = model
+    if world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if s.compile:
+        train_model = torch.compile(train_model)
+
+    for epoch in range(start_epoch + 1, s.epochs + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        bar = None
+        if show_progress():
+            bar = tqdm(total=len(data.train), desc=f"{desc} {epoch}/{s.epochs}", unit="img", leave=False)
+        generator = epoch_generator(s.seed, epoch)
+        train_loss, train_acc = train_one_epoch(
+            train_model, optimizer, data.train, data.mean, data.std, s, device, generator, bar
+        )
+        if bar is not None:
+            bar.close()
+        scheduler.step()
+        if not math.isfinite(train_loss) or train_loss > s.divergence_loss:
+            raise TrainingDiverged(epoch, train_loss, s.divergence_loss)
+        ev = dict(device=device, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last)
+        val_loss, val_acc = (
+            evaluate(model, data.val, data.mean, data.std, **ev) if len(data.val) else (math.nan, math.nan)
+        )
+        test_loss, test_acc = evaluate(model, data.test, data.mean, data.std, **ev)
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "sparsity": sparsity(model, s.sparsity_threshold),
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        # Best by validation accuracy (test accuracy when there is no validation split).
+        score = val_acc if len(data.val) else test_acc
+        if score > best_val:
+            best_val, best_epoch = score, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        if rank == 0:
+            print(
+                f"{desc} epoch {epoch}/{s.epochs}: loss {train_loss:.4f} train {train_acc:.4f} "
+                f"val {val_acc:.4f} test {test_acc:.4f} sparsity {record['sparsity']:.3f} ({record['seconds']:.1f}s)",
+                file=sys.stderr,
+            )
+        if state_path is not None and rank == 0:
+            save_torch(
+                state_path,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_states(),
+                    "history": history,
+                    "best_val": best_val,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                },
+            )
+        if on_epoch is not None:
+            on_epoch(record, unwrap(model))
+    return FitResult(history, best_epoch, best_val, best_state, resumed_from_epoch=start_epoch)

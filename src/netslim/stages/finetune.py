@@ -1,0 +1,102 @@
+"""`netslim finetune --ratio R`: the pruned model trained again (λ = 0), best by validation accuracy.
+
+Writes models/finetuned/<R>.pt and reports/finetune/<R>/{history.csv,metrics.json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from netslim import tracking
+from netslim.config import BUDGET, Config, parse_ratio, ratio_label
+from netslim.data import load_prepared
+from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
+from netslim.io import file_sha256, load_checkpoint, write_csv, write_json
+from netslim.measure import model_summary
+from netslim.models import model_from_checkpoint, save_model
+from netslim.stages.common import Layout, fit_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ratio", required=True, help='which pruned model: its ratio (e.g. 0.9) or "budget"')
+    parser.add_argument("--resume", action="store_true", help="continue from the last finished epoch if saved")
+
+
+def meets_constraints(config: Config, test_acc: float, params: int) -> bool:
+    return test_acc >= config.constraints.min_accuracy and params <= config.constraints.max_params
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    label = ratio_label(parse_ratio(args.ratio, "--ratio"))
+    layout = Layout(config.paths)
+    set_deterministic(config.experiment.deterministic)
+    device = resolve_device(config.experiment.device)
+    source = layout.pruned(label)
+    checkpoint = load_checkpoint(source)
+    model = model_from_checkpoint(checkpoint, source)
+    data = load_prepared(layout.prepared)
+    settings = fit_settings(config, config.finetune, sparsity_lambda=0.0)
+    prov = checkpoint.get("provenance", {})
+    tags = {"ratio": label, "lambda": str(prov.get("lambda", "")), "arch": model.arch, "dataset": config.data.dataset}
+    percent = label if label == BUDGET else f"{float(label) * 100:g}%"
+    with tracking.stage_run(config, "finetune", f"finetune {percent}", **tags) as run:
+        run.params({f"finetune.{k}": v for k, v in vars(config.finetune).items()} | {"ratio": label})
+        source_hash = file_sha256(source)
+        result = fit(
+            model,
+            data,
+            settings,
+            device,
+            state_path=layout.state("finetune", label),
+            resume=args.resume,
+            fingerprint_extra={"source": source_hash, "data": file_sha256(layout.prepared / "meta.json")},
+            on_epoch=lambda record, _m: run.epoch(record),
+            desc=f"finetune {percent}",
+        )
+        if not is_main_process():
+            return 0
+        model.load_state_dict(result.best_state)
+        best = result.history[result.best_epoch - 1]
+        summary = model_summary(model)
+        metrics = {
+            "best_epoch": result.best_epoch,
+            "val_acc": best["val_acc"],
+            "test_acc": best["test_acc"],
+            "final_test_acc": result.history[-1]["test_acc"],
+            "params": summary["params"],
+            "macs": summary["macs"],
+            "flops": summary["flops"],
+            "meets_constraints": meets_constraints(config, best["test_acc"], summary["params"]),
+        }
+        out = layout.finetuned(label)
+        save_model(
+            out,
+            model,
+            prov
+            | {
+                "stage": "finetune",
+                "source": str(source),
+                "source_sha256": source_hash,
+                "best_epoch": result.best_epoch,
+            },
+        )
+        write_csv(layout.finetune_reports(label) / "history.csv", result.history)
+        write_json(layout.finetune_reports(label) / "metrics.json", metrics)
+        run.metrics({k: float(v) for k, v in metrics.items()})
+        run.model(
+            model,
+            "model",
+            data.test.images[:2],
+            data.mean,
+            data.std,
+            register_as=f"netslim-{model.arch}-{label}",
+            feasible=metrics["meets_constraints"],
+            score=metrics["val_acc"],
+        )
+    layout.state("finetune", label).unlink(missing_ok=True)
+    print(
+        f"finetune {percent}: test acc {metrics['test_acc']:.4f} (best epoch {result.best_epoch}), "
+        f"params {metrics['params']:,}, MACs {metrics['macs']:,}, meets constraints: {metrics['meets_constraints']}"
+        f" -> {out}"
+    )
+    return 0

@@ -1,0 +1,106 @@
+"""`netslim prune --ratio R`: sparse checkpoint -> a genuinely smaller model + its measurements.
+
+Writes models/pruned/<R>.pt (cfg and provenance inside) and reports/prune/<R>/{metrics.json,channels.csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from netslim import tracking
+from netslim.config import BUDGET, Config, lambda_label, parse_lambda, parse_ratio, ratio_label
+from netslim.data import load_prepared
+from netslim.engine import evaluate, resolve_device
+from netslim.io import file_sha256, write_csv, write_json
+from netslim.measure import channels_per_layer, compare_models
+from netslim.models import load_model, save_model
+from netslim.slimming.surgery import prune
+from netslim.stages.common import Layout
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ratio", required=True, help='share of prunable channels to remove (e.g. 0.9), or "budget"')
+    parser.add_argument("--lambda", dest="lam", help="prune the sparse model of this λ (default: prune.lambda)")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    target = parse_ratio(args.ratio, "--ratio")
+    label = ratio_label(target)
+    lam = lambda_label(parse_lambda(args.lam or config.prune.lambda_, "--lambda"))
+    layout = Layout(config.paths)
+    device = resolve_device(config.experiment.device)
+    source = layout.sparse_best(lam)
+    sparse = load_model(source)
+    data = load_prepared(layout.prepared)
+    by = {"target_params": config.prune.target_params} if target == BUDGET else {"ratio": target}
+    tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
+    with tracking.stage_run(config, "prune", f"prune {_percent(label)}", **tags) as run:
+        run.params({f"prune.{k}": v for k, v in vars(config.prune).items()} | {"ratio": label, "source": str(source)})
+        results = {
+            compensate: prune(sparse, min_channels=config.prune.min_channels, bias_compensation=compensate, **by)
+            for compensate in (True, False)
+        }
+        result = results[config.prune.bias_compensation]
+        ev = dict(device=device, batch_size=config.runtime.eval_batch_size, amp=config.runtime.amp)
+        _, unpruned_acc = evaluate(sparse, data.test, data.mean, data.std, **ev)
+        acc = {c: evaluate(r.model, data.test, data.mean, data.std, **ev)[1] for c, r in results.items()}
+        _, val_acc = evaluate(result.model, data.val, data.mean, data.std, **ev) if len(data.val) else (0, float("nan"))
+        speed = compare_models(
+            sparse, result.model, device, batch_sizes=(1, 64), repeats=config.runtime.throughput_repeats
+        )
+        provenance = {
+            "stage": "prune",
+            "ratio": float(result.ratio),
+            "target": label,
+            "threshold": float(result.threshold),
+            "lambda": float(lam),
+            "bias_compensation": config.prune.bias_compensation,
+            "source": str(source),
+            "source_sha256": file_sha256(source),
+        }
+        out = layout.pruned(label)
+        save_model(out, result.model, provenance)
+        channels = channels_per_layer(result.model)
+        before = channels_per_layer(sparse)
+        write_csv(
+            layout.prune_reports(label) / "channels.csv",
+            [{"layer": n, "channels_before": before[n], "channels_kept": k} for n, k in channels.items()],
+        )
+        metrics = {
+            "ratio_used": float(result.ratio),
+            "threshold": float(result.threshold),
+            "test_acc_before_finetune": acc[config.prune.bias_compensation],
+            "test_acc_with_compensation": acc[True],
+            "test_acc_without_compensation": acc[False],
+            "val_acc_before_finetune": val_acc,
+            "unpruned_test_acc": unpruned_acc,
+        } | _flatten(speed)
+        write_json(layout.prune_reports(label) / "metrics.json", metrics)
+        run.metrics(metrics)
+        run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
+        run.model(result.model, "model", data.test.images[:2], data.mean, data.std)
+    print(
+        f"prune {label} (λ={lam}): ratio {result.ratio:.4f}, threshold {result.threshold:.4g}\n"
+        f"  params {speed['reference']['params']:,} -> {speed['pruned']['params']:,}, "
+        f"MACs {speed['reference']['macs']:,} -> {speed['pruned']['macs']:,} "
+        f"(FLOPs = 2×MACs: {speed['pruned']['flops']:,})\n"
+        f"  test acc {unpruned_acc:.4f} -> {acc[config.prune.bias_compensation]:.4f} before fine-tuning "
+        f"(with bias compensation {acc[True]:.4f}, without {acc[False]:.4f})\n"
+        f"  batch-64 speedup {speed.get('speedup_b64', float('nan')):.2f}× (MACs ratio {speed['macs_ratio']:.2f}×) -> {out}"
+    )
+    return 0
+
+
+def _percent(label: str) -> str:
+    return label if label == BUDGET else f"{float(label) * 100:g}%"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat |= _flatten(v, f"{key}_")
+        elif isinstance(v, int | float):
+            flat[key] = v
+    return flat

@@ -1,0 +1,99 @@
+"""Shared tiny fixtures: an easy learnable dataset, Fashion-MNIST idx files, a tiny params.yaml."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def easy_images(labels: np.ndarray, seed: int, size: int = 28, channels: int | None = None) -> np.ndarray:
+    """Class k is a bright horizontal band at a class-specific height, plus noise: learnable in one epoch."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    images = rng.integers(0, 60, size=(n, size, size), dtype=np.uint8)
+    band = size // 5
+    for i, k in enumerate(labels):
+        top = 2 + (int(k) % 4) * band
+        images[i, top : top + band // 2 + 2, :] = 230
+    if channels:
+        images = np.repeat(images[..., None], channels, axis=-1)
+    return images
+
+
+def write_idx_images(path: Path, images: np.ndarray, compress: bool = True) -> None:
+    n, h, w = images.shape
+    payload = struct.pack(">IIII", 2051, n, h, w) + images.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def write_idx_labels(path: Path, labels: np.ndarray, compress: bool = True) -> None:
+    payload = struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def write_fashion_mnist(folder: Path, n_train: int = 400, n_test: int = 100, classes: int = 4, seed: int = 0) -> Path:
+    """Tiny Fashion-MNIST in its own idx format (gzipped), easy to learn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, classes, size=n)
+        write_idx_images(folder / f"{prefix}-images-idx3-ubyte.gz", easy_images(labels, seed + n))
+        write_idx_labels(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def tiny_params(tmp: Path, fmnist: Path, **sections) -> dict:
+    """The real params.yaml shrunk: tiny data, a tiny ResNet-50, one epoch, CPU, no tracking."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["experiment"].update(device="cpu", deterministic=True)
+    params["data"].update(dataset="fashion-mnist", fashion_mnist_path=str(fmnist), download=False, val_size=64)
+    params["model"].update(width=0.0625)
+    for key in ("train", "finetune"):
+        params[key].update(epochs=1, batch_size=32, lr=3e-3)
+    params["train"]["lambdas"] = ["1e-4", "0"]
+    params["runtime"].update(eval_batch_size=256, throughput_repeats=1)
+    params["tracking"].update(enabled=False)
+    params["search"].update(n_trials=2, train_epochs=1, finetune_epochs=1)
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
+    return params
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    return write_fashion_mnist(tmp_path / "fmnist")
+
+
+@pytest.fixture
+def tiny_data():
+    """PreparedData of the easy dataset, 4 classes, 32×32×3 uint8 (built without the data stage)."""
+    from netslim.data import PreparedData, Split
+
+    def split(n: int, seed: int) -> Split:
+        labels = np.random.default_rng(seed).integers(0, 4, size=n)
+        images = easy_images(labels, seed, size=32, channels=3)
+        return Split(torch.from_numpy(images), torch.from_numpy(labels).long())
+
+    return PreparedData(
+        train=split(256, 1), val=split(64, 2), test=split(64, 3),
+        mean=(0.2, 0.2, 0.2), std=(0.3, 0.3, 0.3), num_classes=4, dataset="easy", classes=list("abcd"),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _quiet_git_identity(monkeypatch):
+    """Tests that make git repos need an identity; CI machines may have none."""
+    for var, value in (("GIT_AUTHOR_NAME", "netslim test"), ("GIT_AUTHOR_EMAIL", "test@netslim.local"),
+                       ("GIT_COMMITTER_NAME", "netslim test"), ("GIT_COMMITTER_EMAIL", "test@netslim.local")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    os.environ.setdefault("MPLBACKEND", "Agg")

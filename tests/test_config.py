@@ -1,0 +1,74 @@
+"""params.yaml is read into typed dataclasses and every bad value is refused with the key named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from netslim.config import ConfigError, config_from_dict, lambda_label, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_params_file_is_the_seed_experiment():
+    c = load_config(ROOT / "params.yaml")
+    assert (c.data.dataset, c.model.arch, c.model.width) == ("cifar10", "resnet50", 1.0)
+    assert c.train.lambdas == ("1e-4", "1e-5", "0") and c.train.epochs == 40
+    assert c.prune.ratios == (0.5, 0.9) and c.prune.lambda_ == "1e-4"
+    assert (c.constraints.min_accuracy, c.constraints.max_params) == (0.90, 4_000_000)
+
+
+def test_the_demo_profile_only_overrides_known_keys():
+    overrides = yaml.safe_load((ROOT / "profiles/demo.yaml").read_text())
+    c = load_config(ROOT / "params.yaml", overrides)
+    assert c.data.dataset == "fashion-mnist" and c.model.width < 1
+
+
+def test_a_vgg_run_needs_one_changed_key():
+    assert load_config(ROOT / "params.yaml", {"model.arch": "vgg19"}).model.arch == "vgg19"
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"train": {"epochs": 0}}, "train.epochs: 0"),
+        ({"train": {"lr": -1.0}}, "train.lr: -1.0"),
+        ({"train": {"lambdas": ["-1e-4"]}}, "train.lambdas[0]"),
+        ({"train": {"lambdas": ["0.0001"]}}, "'1e-4'"),
+        ({"prune": {"ratios": [1.0]}}, "outside [0, 1)"),
+        ({"prune": {"min_channels": 0}}, "prune.min_channels: 0"),
+        ({"prune": {"lambda": "1e-3"}}, "not among train.lambdas"),
+        ({"prune": {"ratios": ["budget"]}}, "target_params"),
+        ({"model": {"arch": "resnet18"}}, "model.arch: 'resnet18'"),
+        ({"data": {"dataset": "mnist"}}, "data.dataset: 'mnist'"),
+        ({"finetune": {"milestones": [0.5, 1.5]}}, "past the last epoch"),
+        ({"constraints": {"min_accuracy": 1.5}}, "constraints.min_accuracy"),
+        ({"train": {"epochs": "ten"}}, "must be a whole number"),
+        ({"train": {"epoch": 3}}, "train.epoch: unknown key"),
+        ({"trian": {}}, "trian: unknown section"),
+        ({"data": {"download": "yes"}}, "must be true or false"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(raw, needle):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_lambda_labels_are_canonical():
+    assert [lambda_label(v) for v in (1e-4, 1e-5, 0, 3.2e-5, "1e-4")] == ["1e-4", "1e-5", "0", "3.2e-5", "1e-4"]
+
+
+def test_missing_or_broken_params_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [epochs: 1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_flat_dict_has_every_key_once():
+    flat = config_from_dict({}).to_flat_dict()
+    assert flat["prune.lambda"] == "1e-4" and flat["train.lambdas"] == ["1e-4", "1e-5", "0"]
