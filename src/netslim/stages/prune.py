@@ -74,19 +74,19 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "test_acc_without_compensation": acc[False],
             "val_acc_before_finetune": val_acc,
             "unpruned_test_acc": unpruned_acc,
-        } | _flatten(speed)
+        } | speed_metrics(speed)
         write_json(layout.prune_reports(label) / "metrics.json", metrics)
         run.metrics(metrics)
         run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
         run.model(result.model, "model", data.test.images[:2], data.mean, data.std)
     print(
         f"prune {label} (λ={lam}): ratio {result.ratio:.4f}, threshold {result.threshold:.4g}\n"
-        f"  params {speed['reference']['params']:,} -> {speed['pruned']['params']:,}, "
-        f"MACs {speed['reference']['macs']:,} -> {speed['pruned']['macs']:,} "
-        f"(FLOPs = 2×MACs: {speed['pruned']['flops']:,})\n"
+        f"  params {metrics['params_unpruned']:,} -> {metrics['params']:,}, "
+        f"MACs {metrics['macs_unpruned']:,} -> {metrics['macs']:,} (FLOPs = 2×MACs: {metrics['flops']:,})\n"
         f"  test acc {unpruned_acc:.4f} -> {acc[config.prune.bias_compensation]:.4f} before fine-tuning "
         f"(with bias compensation {acc[True]:.4f}, without {acc[False]:.4f})\n"
-        f"  batch-64 speedup {speed.get('speedup_b64', float('nan')):.2f}× (MACs ratio {speed['macs_ratio']:.2f}×) -> {out}"
+        f"  measured speedup {metrics['speedup_b1']:.2f}× at batch 1, {metrics['speedup_b64']:.2f}× at batch 64 "
+        f"(MACs ratio {metrics['macs_ratio']:.2f}×) -> {out}"
     )
     return 0
 
@@ -95,12 +95,23 @@ def _percent(label: str) -> str:
     return label if label == BUDGET else f"{float(label) * 100:g}%"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat |= _flatten(v, f"{key}_")
-        elif isinstance(v, int | float):
-            flat[key] = v
+def speed_metrics(speed: dict) -> dict[str, float]:
+    """compare_models' nested result as flat metric names: `<what>` of the pruned model, `<what>_unpruned`."""
+    flat = {
+        "params": speed["pruned"]["params"],
+        "params_unpruned": speed["reference"]["params"],
+        "macs": speed["pruned"]["macs"],
+        "macs_unpruned": speed["reference"]["macs"],
+        "flops": speed["pruned"]["flops"],
+        "flops_unpruned": speed["reference"]["flops"],
+        "params_ratio": speed["params_ratio"],
+        "macs_ratio": speed["macs_ratio"],
+    }
+    for row in speed["throughput"]:
+        b = row["batch_size"]
+        flat |= {
+            f"throughput_b{b}": row["pruned_images_per_s"],
+            f"throughput_b{b}_unpruned": row["reference_images_per_s"],
+            f"speedup_b{b}": row["speedup"],
+        }
     return flat

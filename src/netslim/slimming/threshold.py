@@ -1,0 +1,88 @@
+"""Which channels survive: Network Slimming's global ranking of BN scaling factors |γ|.
+
+As in the reference code (Eric-mingjie/network-slimming): all prunable |γ| are sorted together, the
+threshold is the value at index int(total * ratio), and a channel survives when |γ| > threshold (strict).
+Two deliberate departures, both documented where they happen: ratio 0 keeps every channel, and every
+layer keeps at least `min_channels` channels so that no layer is emptied.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+from netslim.models import prunable_batchnorms
+
+
+class PruneError(ValueError):
+    """A pruning request that cannot be met; the message is one line with the key, the bad value and the fix."""
+
+
+def check_ratio(ratio: float) -> float:
+    """The ratio as a float, or PruneError when it is outside [0, 1)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
+        raise PruneError(f"prune.ratios: {ratio!r} is outside [0, 1); 0.9 removes 90% of the prunable channels")
+    return float(ratio)
+
+
+def check_min_channels(min_channels: int) -> int:
+    if isinstance(min_channels, bool) or not isinstance(min_channels, numbers.Integral) or min_channels < 1:
+        raise PruneError(f"prune.min_channels: {min_channels!r} must be a whole number >= 1, e.g. 2")
+    return int(min_channels)
+
+
+def gather_gammas(model: nn.Module) -> dict[str, torch.Tensor]:
+    """|γ| of every prunable BN, by name in forward order (detached float32 copies on the CPU)."""
+    return {name: bn.weight.detach().abs().float().cpu().clone() for name, bn in prunable_batchnorms(model).items()}
+
+
+def global_threshold(gammas: dict[str, torch.Tensor], ratio: float) -> float:
+    """The reference code's threshold: all |γ| sorted ascending, the value at index int(total * ratio).
+
+    Args:
+        gammas: |γ| per layer (see `gather_gammas`).
+        ratio: fraction of channels to remove, in [0, 1).
+
+    Returns -inf for ratio 0: the reference would return the minimum |γ| and, with the strict `>`, still drop
+    the smallest channel(s), so "prune 0%" would not be the unpruned model.
+    """
+    ratio = check_ratio(ratio)
+    if not gammas or sum(g.numel() for g in gammas.values()) == 0:
+        raise PruneError("prune: the model has no prunable BatchNorm channels; check model.arch")
+    if ratio == 0:
+        return -math.inf
+    ranked, _ = torch.sort(torch.cat([g.flatten() for g in gammas.values()]))
+    return float(ranked[int(ranked.numel() * ratio)])
+
+
+def layer_mask(gamma: torch.Tensor, threshold: float, min_channels: int) -> torch.Tensor:
+    """Keep |γ| > threshold; if that leaves fewer than min(min_channels, size), keep that many largest |γ|."""
+    keep = gamma > threshold
+    floor = min(min_channels, gamma.numel())
+    if int(keep.sum()) < floor:
+        # A stable sort makes ties between equal |γ| resolve to the lower index, so the result is reproducible.
+        largest = torch.sort(gamma, descending=True, stable=True).indices[:floor]
+        keep[largest] = True
+    return keep
+
+
+def channel_masks(gammas: dict[str, torch.Tensor], threshold: float, min_channels: int) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks per layer.
+
+    Args:
+        gammas: |γ| per layer (see `gather_gammas`).
+        threshold: from `global_threshold`; a channel is kept when |γ| > threshold.
+        min_channels: no layer keeps fewer than this (or all of it when it is smaller).
+    """
+    min_channels = check_min_channels(min_channels)
+    return {name: layer_mask(g, threshold, min_channels) for name, g in gammas.items()}
+
+
+def select_channels(model: nn.Module, ratio: float, min_channels: int) -> tuple[dict[str, torch.Tensor], float]:
+    """Masks and threshold for pruning `ratio` of the model's prunable channels (global ranking)."""
+    gammas = gather_gammas(model)
+    threshold = global_threshold(gammas, ratio)
+    return channel_masks(gammas, threshold, min_channels), threshold

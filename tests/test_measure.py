@@ -1,0 +1,84 @@
+"""Parameter, MAC/FLOP and throughput measurements."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from netslim.measure import (
+    channels_per_layer,
+    compare_models,
+    count_macs,
+    count_params,
+    flops_from_macs,
+    model_summary,
+    throughput,
+)
+from netslim.models import build_model, prunable_batchnorms
+from netslim.slimming.surgery import prune
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+
+
+def test_count_params_is_the_sum_of_numels() -> None:
+    model = build_model("resnet50", width=0.25)
+    assert count_params(model) == sum(p.numel() for p in model.parameters())
+    assert count_params(tiny_net()) == 3 * 8 * 9 + 8192 * 10 + 10
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_count_macs_of_a_tiny_conv_net_is_the_hand_computed_value(batch: int) -> None:
+    conv = 8 * 32 * 32 * (3 * 3 * 3)  # one MAC per output element per (input channel x kernel tap)
+    linear = 8 * 32 * 32 * 10
+    assert count_macs(tiny_net(), (batch, 3, 32, 32)) == conv + linear == 303_104  # per image
+
+
+def test_count_macs_leaves_the_model_unmodified() -> None:
+    model = build_model("vgg19", width=0.125).train()
+    keys = list(model.state_dict())
+    count_macs(model)
+    assert list(model.state_dict()) == keys  # thop's total_ops/total_params buffers went to the copy
+    assert model.training
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_flops_are_twice_the_macs() -> None:
+    assert flops_from_macs(303_104) == 606_208
+    summary = model_summary(tiny_net())
+    assert summary == {"params": count_params(tiny_net()), "macs": 303_104, "flops": 606_208}
+
+
+def test_channels_per_layer_lists_prunable_bns() -> None:
+    model = build_model("resnet50", width=0.25)
+    channels = channels_per_layer(model)
+    assert list(channels) == list(prunable_batchnorms(model))
+    assert channels["layer1.0.bn1"] == 16 and channels["layer4.2.bn2"] == 128
+
+
+def test_throughput_is_positive_and_restores_train_mode() -> None:
+    model = build_model("vgg19", width=0.125).train()
+    assert throughput(model, "cpu", batch_size=2, repeats=2, warmup=1) > 0
+    assert model.training
+
+
+def test_compare_models_reports_both_models_and_measured_speedup() -> None:
+    torch.manual_seed(0)
+    reference = build_model("vgg19", width=0.125)
+    with torch.no_grad():
+        for bn in prunable_batchnorms(reference).values():
+            bn.weight.uniform_(0, 1)
+    pruned = prune(reference, ratio=0.7).model
+    report = compare_models(reference, pruned, "cpu", batch_sizes=(1, 4), repeats=2)
+    assert report["device"] == "cpu"
+    for side, model in (("reference", reference), ("pruned", pruned)):
+        assert report[side] == model_summary(model)
+    assert report["macs_ratio"] == report["reference"]["macs"] / report["pruned"]["macs"] > 1
+    assert report["params_ratio"] == report["reference"]["params"] / report["pruned"]["params"] > 1
+    assert [row["batch_size"] for row in report["throughput"]] == [1, 4]
+    for row in report["throughput"]:
+        assert row["reference_images_per_s"] > 0 and row["pruned_images_per_s"] > 0
+        assert row["speedup"] == row["pruned_images_per_s"] / row["reference_images_per_s"]
+        assert row["macs_ratio"] == report["macs_ratio"]

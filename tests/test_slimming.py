@@ -1,0 +1,285 @@
+"""Network Slimming's pruning step: threshold math, channel surgery, bias compensation and budgets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from netslim.measure import count_macs
+from netslim.models import build_model, count_params, load_model, prunable_batchnorms, save_model
+from netslim.slimming.surgery import (
+    cfg_from_masks,
+    prune,
+    prune_model,
+    pruned_params_for_ratio,
+    ratio_for_budget,
+    zero_removed_channels,
+)
+from netslim.slimming.threshold import PruneError, channel_masks, gather_gammas, global_threshold, select_channels
+
+NARROW = [("vgg19", 0.125), ("resnet50", 0.25)]
+
+
+def t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def images(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def randomised(arch: str, width: float, seed: int = 0) -> nn.Module:
+    """A model whose every BN has random γ, β and running statistics, so that no check passes trivially."""
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes=10, width=width)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.05, 1.0)
+                m.bias.normal_(0.0, 0.3)
+                m.running_mean.normal_(0.0, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+# ---- threshold math ---------------------------------------------------------------------------
+
+GAMMAS = {"a": t(0.1, 0.5, 0.3), "b": t(0.2, 0.4)}  # sorted: 0.1 0.2 0.3 0.4 0.5
+
+
+@pytest.mark.parametrize(
+    ("ratio", "value"),
+    [(0.2, 0.2), (0.39, 0.2), (0.4, 0.3), (0.5, 0.3), (0.6, 0.4), (0.99, 0.5)],  # index int(5 * ratio)
+)
+def test_global_threshold_is_sorted_value_at_int_total_times_ratio(ratio: float, value: float) -> None:
+    assert global_threshold(GAMMAS, ratio) == float(t(value))
+
+
+def test_masks_keep_strictly_greater_than_threshold() -> None:
+    masks = channel_masks(GAMMAS, global_threshold(GAMMAS, 0.4), min_channels=1)
+    assert masks["a"].tolist() == [False, True, False]  # 0.3 == threshold is removed
+    assert masks["b"].tolist() == [False, True]
+
+
+def test_ratio_zero_keeps_every_channel() -> None:
+    assert global_threshold(GAMMAS, 0.0) == -math.inf
+    masks = channel_masks(GAMMAS, global_threshold(GAMMAS, 0), min_channels=1)
+    assert all(m.all() for m in masks.values())  # the reference would drop the minimum (0.1) here
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5, float("nan")])
+def test_ratio_outside_unit_interval_is_refused(ratio: float) -> None:
+    with pytest.raises(PruneError, match=r"prune\.ratios: .* is outside \[0, 1\)"):
+        global_threshold(GAMMAS, ratio)
+
+
+def test_min_channels_keeps_the_largest_gammas() -> None:
+    gammas = {"a": t(0.1, 0.9, 0.05, 0.8), "b": t(5.0, 6.0)}  # sorted: .05 .1 .8 .9 5 6
+    threshold = global_threshold(gammas, 0.6)  # index 3 -> 0.9: nothing in "a" is above it
+    assert threshold == float(t(0.9))
+    assert channel_masks(gammas, threshold, 2)["a"].tolist() == [False, True, False, True]
+    assert channel_masks(gammas, threshold, 3)["a"].tolist() == [True, True, False, True]
+    assert channel_masks(gammas, threshold, 1)["a"].tolist() == [False, True, False, False]
+    assert channel_masks(gammas, threshold, 9)["b"].tolist() == [True, True]  # capped at the layer size
+    with pytest.raises(PruneError, match="prune.min_channels"):
+        channel_masks(gammas, threshold, 0)
+
+
+def test_gather_gammas_are_abs_detached_and_in_forward_order() -> None:
+    model = randomised("vgg19", 0.125)
+    bns = prunable_batchnorms(model)
+    with torch.no_grad():
+        bns["features.1"].weight[0] = -0.7
+    gammas = gather_gammas(model)
+    assert list(gammas) == list(bns)
+    assert gammas["features.1"][0].item() == pytest.approx(0.7)
+    assert all(not g.requires_grad and g.device.type == "cpu" for g in gammas.values())
+
+
+def test_resnet_prunes_only_inner_bottleneck_channels() -> None:
+    masks, _ = select_channels(randomised("resnet50", 0.25), 0.5, 2)
+    assert len(masks) == 32 and all(name.rsplit(".", 1)[-1] in ("bn1", "bn2") for name in masks)
+
+
+# ---- surgery ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+def test_pruned_model_equals_masked_model_without_compensation(arch: str, width: float, ratio: float) -> None:
+    model = randomised(arch, width)
+    masks, _ = select_channels(model, ratio, min_channels=2)
+    pruned = prune_model(model, masks, bias_compensation=False)
+    masked = zero_removed_channels(model, masks, zero_beta=True)
+    x = images()
+    expected = output(masked, x)
+    assert count_params(pruned) < count_params(model)
+    assert not torch.allclose(expected, output(model, x), atol=1e-3)  # the removed channels did matter
+    torch.testing.assert_close(output(pruned, x), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_prune_leaves_the_original_unchanged(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prune(model, ratio=0.5)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def with_removed_beta_positive(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Removed channels get a clearly positive β, so relu(β) is a real constant that compensation must carry."""
+    with torch.no_grad():
+        for name, bn in prunable_batchnorms(model).items():
+            removed = ~masks[name]
+            bn.bias[removed] = torch.rand(int(removed.sum())) + 0.5
+    return model
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_bias_compensation_brings_pruned_model_closer_to_gamma_zeroed_model(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    masks, _ = select_channels(model, 0.5, min_channels=2)
+    model = with_removed_beta_positive(model, masks)
+    target = output(zero_removed_channels(model, masks, zero_beta=False), images())  # γ = 0, β kept
+    error_on = (output(prune_model(model, masks, bias_compensation=True), images()) - target).abs().mean()
+    error_off = (output(prune_model(model, masks, bias_compensation=False), images()) - target).abs().mean()
+    assert error_on < 0.25 * error_off
+
+
+def only_pruning(model: nn.Module, layers: list[str]) -> dict[str, torch.Tensor]:
+    """Masks that remove every other channel of `layers` and keep everything else."""
+    masks = {name: torch.ones(bn.num_features, dtype=torch.bool) for name, bn in prunable_batchnorms(model).items()}
+    for name in layers:
+        masks[name][1::2] = False
+    return masks
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_bias_compensation_is_exact_where_no_padding_is_involved(arch: str, width: float) -> None:
+    # bn2 -> 1x1 conv3 -> bn3, and the last VGG BN -> avgpool -> linear, pass a constant on exactly.
+    model = randomised(arch, width)
+    names = list(prunable_batchnorms(model))
+    masks = only_pruning(model, [n for n in names if n.endswith("bn2")] if arch == "resnet50" else names[-1:])
+    model = with_removed_beta_positive(model, masks)
+    target = output(zero_removed_channels(model, masks, zero_beta=False), images())
+    torch.testing.assert_close(output(prune_model(model, masks), images()), target, atol=1e-5, rtol=0)
+
+
+def test_full_width_resnet50_at_ratio_0_9_fits_the_4m_budget() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet50", num_classes=10)
+    with torch.no_grad():
+        for bn in prunable_batchnorms(model).values():
+            bn.weight.uniform_(0.0, 1.0)
+    result = prune(model, ratio=0.9)
+    assert result.params_before == 23_520_842
+    assert 2_800_000 <= result.params_after <= 4_000_000
+    assert result.params_after == count_params(result.model)
+    assert output(result.model, images(2)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+@pytest.mark.parametrize("min_channels", [1, 2])
+def test_extreme_ratio_empties_no_layer(arch: str, width: float, min_channels: int) -> None:
+    model = randomised(arch, width)
+    result = prune(model, ratio=0.999, min_channels=min_channels)
+    kept = {name: int(m.sum()) for name, m in result.masks.items()}
+    sizes = {name: bn.num_features for name, bn in prunable_batchnorms(model).items()}
+    assert all(kept[n] >= min(min_channels, sizes[n]) for n in kept)
+    assert output(result.model, images(2)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_cfg_from_masks_matches_the_rebuilt_model(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    masks, _ = select_channels(model, 0.6, 2)
+    cfg = cfg_from_masks(model, masks)
+    pruned = prune_model(model, masks)
+    assert pruned.cfg == cfg
+    assert [bn.num_features for bn in prunable_batchnorms(pruned).values()] == [int(m.sum()) for m in masks.values()]
+    if arch == "vgg19":
+        assert [i for i, v in enumerate(cfg) if v == "M"] == [i for i, v in enumerate(model.cfg) if v == "M"]
+    else:
+        assert len(cfg) == 16 and all(len(pair) == 2 for pair in cfg)
+
+
+def test_bad_masks_are_refused() -> None:
+    model = randomised("vgg19", 0.125)
+    masks, _ = select_channels(model, 0.5, 2)
+    with pytest.raises(PruneError, match="missing"):
+        cfg_from_masks(model, {k: v for k, v in masks.items() if k != "features.1"})
+    empty = dict(masks, **{"features.1": torch.zeros_like(masks["features.1"])})
+    with pytest.raises(PruneError, match="features.1 would keep 0 channels"):
+        prune_model(model, empty)
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_macs_and_params_drop_after_pruning(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    pruned = prune(model, ratio=0.5).model
+    assert count_params(pruned) < count_params(model)
+    assert count_macs(pruned) < count_macs(model)
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_pruned_model_reloads_from_its_file_alone(arch: str, width: float, tmp_path) -> None:
+    pruned = prune(randomised(arch, width), ratio=0.6).model
+    path = tmp_path / "pruned.pt"
+    save_model(path, pruned)
+    loaded = load_model(path)
+    assert loaded.cfg == pruned.cfg
+    assert torch.equal(output(loaded, images()), output(pruned, images()))
+
+
+# ---- parameter budgets ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_pruned_params_for_ratio_matches_the_built_model(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    for ratio in (0.0, 0.25, 0.8):
+        assert pruned_params_for_ratio(model, ratio, 2) == count_params(prune(model, ratio=ratio).model)
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_budget_mode_fits_and_its_ratio_is_minimal(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    full = count_params(model)
+    for fraction in (0.9, 0.6, 0.35, 0.2):
+        budget = int(full * fraction)
+        result = prune(model, target_params=budget)
+        assert result.params_after <= budget
+        assert result.params_after == count_params(result.model)
+        assert 0 < result.ratio < 1
+        assert pruned_params_for_ratio(model, result.ratio - 1e-6, 2) > budget  # a smaller ratio would not fit
+
+
+def test_budget_at_or_above_full_size_prunes_nothing() -> None:
+    model = randomised("vgg19", 0.125)
+    assert ratio_for_budget(model, count_params(model), 2) == 0.0
+    assert prune(model, target_params=count_params(model) + 1).params_after == count_params(model)
+
+
+def test_unreachable_budget_names_the_smallest_reachable_count() -> None:
+    model = randomised("resnet50", 0.25)
+    smallest = pruned_params_for_ratio(model, 0.9999, 2)
+    with pytest.raises(PruneError, match=rf"prune.target_params: 1000 .* smallest reachable {smallest}"):
+        prune(model, target_params=1000)
+    assert ratio_for_budget(model, smallest, 2) < 1
+
+
+def test_prune_needs_exactly_one_of_ratio_and_target() -> None:
+    model = randomised("vgg19", 0.125)
+    with pytest.raises(PruneError, match="exactly one"):
+        prune(model)
+    with pytest.raises(PruneError, match="exactly one"):
+        prune(model, ratio=0.5, target_params=10_000)
