@@ -14,13 +14,17 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -35,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -103,17 +108,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _unpickling_reason(e)
+        raise CheckpointError(f"{path}: refused to load: {reason}; only load checkpoints netslim wrote") from None
+    except Exception as e:  # noqa: BLE001 - arbitrary bytes fail in many ways (zip, EOF, KeyError, struct, ...)
         raise CheckpointError(
-            f"{path}: refused to load: the file holds objects other than tensors and plain data "
-            f"({first[:160]}); only load checkpoints netslim wrote"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        detail = str(e).splitlines()[0][:120] if str(e) else ""
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {detail}); "
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_sentence(e)}); "
             "it may be truncated or corrupt: delete it and rerun the stage that writes it"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a netslim checkpoint dict")
     return obj
+
+
+def _first_sentence(error: BaseException, limit: int = 120) -> str:
+    text = " ".join(str(error).split())
+    return text.split(". ")[0][:limit] or "the file ends too early"
+
+
+def _unpickling_reason(error: pickle.UnpicklingError) -> str:
+    """What weights_only refused, without torch's advice to retry with weights_only=False."""
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it asks to import {found.group(1)}, which is neither a tensor nor plain data and could run code"
+    found = re.search(r"Unsupported operand \S+|Unsupported class \S+", text)
+    detail = found.group(0) if found else _first_sentence(error)
+    return f"its pickle data is not what torch.save writes for tensors and plain data ({detail})"
