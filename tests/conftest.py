@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Stage commands that tests run through `dvc repro` call `netslim`: take this interpreter's, venv or not.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def easy_images(labels: np.ndarray, seed: int, size: int = 28, channels: int | None = None) -> np.ndarray:
@@ -53,6 +57,24 @@ def write_fashion_mnist(folder: Path, n_train: int = 400, n_test: int = 100, cla
     return folder
 
 
+def write_params(path: Path, params: dict) -> Path:
+    """Write a params file as YAML 1.2 (ruamel, like DVC): strings such as "1e-4" stay quoted.
+
+    PyYAML writes "1e-4" bare, which YAML 1.2 (DVC, and netslim's loader) reads as the number 0.0001.
+    """
+    import io
+
+    from ruamel.yaml import YAML
+
+    buffer = io.StringIO()
+    dumper = YAML(typ="safe", pure=True)
+    dumper.default_flow_style = False
+    dumper.sort_base_mapping_type_on_output = False
+    dumper.dump(params, buffer)
+    path.write_text(buffer.getvalue())
+    return path
+
+
 def tiny_params(tmp: Path, fmnist: Path, **sections) -> dict:
     """The real params.yaml shrunk: tiny data, a tiny ResNet-50, one epoch, CPU, no tracking."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -86,16 +108,26 @@ def tiny_data():
         return Split(torch.from_numpy(images), torch.from_numpy(labels).long())
 
     return PreparedData(
-        train=split(640, 1), val=split(64, 2), test=split(128, 3),
-        mean=(0.2, 0.2, 0.2), std=(0.3, 0.3, 0.3), num_classes=4, dataset="easy", classes=list("abcd"),
+        train=split(640, 1),
+        val=split(64, 2),
+        test=split(128, 3),
+        mean=(0.2, 0.2, 0.2),
+        std=(0.3, 0.3, 0.3),
+        num_classes=4,
+        dataset="easy",
+        classes=list("abcd"),
     )
 
 
 @pytest.fixture(autouse=True)
 def _quiet_git_identity(monkeypatch):
     """Tests that make git repos need an identity; CI machines may have none."""
-    for var, value in (("GIT_AUTHOR_NAME", "netslim test"), ("GIT_AUTHOR_EMAIL", "test@netslim.local"),
-                       ("GIT_COMMITTER_NAME", "netslim test"), ("GIT_COMMITTER_EMAIL", "test@netslim.local")):
+    for var, value in (
+        ("GIT_AUTHOR_NAME", "netslim test"),
+        ("GIT_AUTHOR_EMAIL", "test@netslim.local"),
+        ("GIT_COMMITTER_NAME", "netslim test"),
+        ("GIT_COMMITTER_EMAIL", "test@netslim.local"),
+    ):
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("MPLBACKEND", "Agg")

@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
-from netslim.config import ConfigError, config_from_dict, lambda_label, load_config
+from netslim.config import ConfigError, config_from_dict, lambda_label, load_config, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +18,7 @@ def test_the_committed_params_file_is_the_seed_experiment():
 
 
 def test_the_demo_profile_only_overrides_known_keys():
-    overrides = yaml.safe_load((ROOT / "profiles/demo.yaml").read_text())
+    overrides = read_yaml((ROOT / "profiles/demo.yaml").read_text())
     c = load_config(ROOT / "params.yaml", overrides)
     assert c.data.dataset == "fashion-mnist" and c.model.width < 1
 
@@ -34,7 +33,7 @@ def test_a_vgg_run_needs_one_changed_key():
         ({"train": {"epochs": 0}}, "train.epochs: 0"),
         ({"train": {"lr": -1.0}}, "train.lr: -1.0"),
         ({"train": {"lambdas": ["-1e-4"]}}, "train.lambdas[0]"),
-        ({"train": {"lambdas": ["0.0001"]}}, "'1e-4'"),
+        ({"train": {"lambdas": ["0.0001"]}}, '"1e-4"'),
         ({"prune": {"ratios": [1.0]}}, "outside [0, 1)"),
         ({"prune": {"min_channels": 0}}, "prune.min_channels: 0"),
         ({"prune": {"lambda": "1e-3"}}, "not among train.lambdas"),
@@ -72,3 +71,13 @@ def test_missing_or_broken_params_file_is_named(tmp_path):
 def test_flat_dict_has_every_key_once():
     flat = config_from_dict({}).to_flat_dict()
     assert flat["prune.lambda"] == "1e-4" and flat["train.lambdas"] == ["1e-4", "1e-5", "0"]
+
+
+def test_an_unquoted_lambda_is_refused_because_dvc_would_read_it_as_another_number(tmp_path):
+    # DVC (YAML 1.2) reads a bare 1e-4 as 0.0001, so its `${item}` folder would not be ours: refuse early.
+    text = (ROOT / "params.yaml").read_text().replace('lambdas: ["1e-4", "1e-5", "0"]', "lambdas: [1e-4, 1e-5, 0]")
+    assert "lambdas: [1e-4, 1e-5, 0]" in text
+    unquoted = tmp_path / "params.yaml"
+    unquoted.write_text(text)
+    with pytest.raises(ConfigError, match=r'train\.lambdas\[0\]: .0\.0001. must be written as the quoted label "1e-4"'):
+        load_config(unquoted)

@@ -11,9 +11,7 @@ import argparse
 import importlib
 import sys
 
-import yaml
-
-from netslim.config import ConfigError, load_config
+from netslim.config import ConfigError, load_config, read_yaml
 
 # subcommand -> (module, help); modules import lazily so `netslim --help` stays fast.
 STAGES = {
@@ -44,7 +42,7 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"--set {item!r}: write section.key=value, e.g. --set finetune.lr=1e-3")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = read_yaml(value)
     return overrides
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 ARCHES = ("resnet50", "vgg19")
 DATASETS = ("cifar10", "fashion-mnist")
@@ -23,6 +23,13 @@ DATASETS = ("cifar10", "fashion-mnist")
 
 class ConfigError(ValueError):
     """A bad value in params.yaml (or a CLI override); the message is one line with the fix."""
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML the way DVC does (YAML 1.2, ruamel): an unquoted 1e-4 is the number 0.0001 here
+    exactly as in DVC's `${item}`, so a λ label that DVC would turn into another folder name is
+    caught by validation instead of surfacing as a missing DVC output."""
+    return YAML(typ="safe", pure=True).load(text)
 
 
 def parse_lambda(text: str | float, key: str = "lambda") -> float:
@@ -340,14 +347,15 @@ def validate(c: Config) -> None:
         parse_lambda(lam, f"train.lambdas[{i}]")
         _require(
             lambda_label(lam) == str(lam),
-            f"train.lambdas[{i}]: {lam!r} must be written as {lambda_label(lam)!r} (the label names its files)",
+            f'train.lambdas[{i}]: {lam!r} must be written as the quoted label "{lambda_label(lam)}" '
+            "(the label names its folders, and DVC reads an unquoted 1e-4 as 0.0001)",
         )
     _require(len(set(map(float, c.train.lambdas))) == len(c.train.lambdas), "train.lambdas: values repeat")
     _require(c.train.sparsity_threshold > 0, f"train.sparsity_threshold: {c.train.sparsity_threshold} must be > 0")
     parse_lambda(c.prune.lambda_, "prune.lambda")
     _require(
         lambda_label(c.prune.lambda_) == str(c.prune.lambda_),
-        f"prune.lambda: {c.prune.lambda_!r} must be written as {lambda_label(c.prune.lambda_)!r}",
+        f'prune.lambda: {c.prune.lambda_!r} must be written as the quoted label "{lambda_label(c.prune.lambda_)}"',
     )
     _require(
         float(c.prune.lambda_) in {float(v) for v in c.train.lambdas},
@@ -391,8 +399,8 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root or pass --params PATH")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        raw = read_yaml(path.read_text()) or {}
+    except YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None

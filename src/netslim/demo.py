@@ -14,14 +14,14 @@ import sys
 import uuid
 from pathlib import Path
 
-import yaml
+from netslim.config import read_yaml
 
 PROFILE = Path("profiles/demo.yaml")
 
 
 def set_args(profile: Path = PROFILE) -> list[str]:
     """`-S key=value` arguments for `dvc exp run`, one per override in the profile."""
-    overrides = yaml.safe_load(profile.read_text()) or {}
+    overrides = read_yaml(profile.read_text()) or {}
     args: list[str] = []
     for key, value in overrides.items():
         args += ["-S", f"{key}={json.dumps(value)}"]
