@@ -10,6 +10,7 @@ augments whole batches on the device with `random_crop_flip`, which equals the p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import io
 import json
@@ -466,7 +467,7 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int 
     The whole batch is done by one advanced-indexing gather on the images' device.
     """
     n, h, w, c = images.shape
-    top, left, flip = (t.to(images.device) for t in crop_flip_params(n, generator, pad, h))
+    top, left, flip = (_to_device(t, images.device) for t in crop_flip_params(n, generator, pad, h))
     padded = images.new_zeros(n, h + 2 * pad, w + 2 * pad, c)
     padded[:, pad : pad + h, pad : pad + w] = images
     rows = top[:, None] + torch.arange(h, device=images.device)
@@ -476,14 +477,29 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int 
     return padded[batch, rows[:, :, None], cols[:, None, :]]
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on `device`; from pinned memory, so a CUDA host does not wait for the device."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+@functools.lru_cache(maxsize=16)
+def _scale(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """255·mean and 255·std as 1×C×1×1 tensors on `device`, made once (a copy per batch would sync CUDA).
+
+    Made outside inference mode, so that a first call from evaluation caches tensors training can use.
+    """
+    with torch.inference_mode(False):
+        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+        return m, torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+
+
 def normalize(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
     """uint8 NHWC -> float32 NCHW (x/255 - mean)/std, on the images' device.
 
     The result is an NCHW-shaped view in channels-last memory (no copy for the permute); callers that
     need another memory format ask for it.
     """
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
+    m, s = _scale(tuple(map(float, mean)), tuple(map(float, std)), images.device)
     return images.permute(0, 3, 1, 2).to(torch.float32, copy=True).sub_(m).div_(s)  # (x - 255m)/(255s) == (x/255 - m)/s
 
 

@@ -7,8 +7,10 @@ Design, in the order a step runs:
   then optimizer.step(): the regularizer is a hook between backward() and step();
 - loss and correct counts accumulate as device tensors; the host reads them once per epoch (and every
   `postfix_every` steps when a progress bar is shown), so a step never waits on the device;
-- under torchrun each rank trains on its own shard of every epoch's permutation, DDP averages the
-  gradients, and the L1 term is added after that average, identically on every rank;
+- under torchrun each rank trains on its own shard of every epoch's permutation (augmented with its
+  own crops), DDP averages the gradients, and the L1 term is added after that average, identically on
+  every rank; after each epoch rank 0's BN running statistics are copied to every rank, so all ranks
+  evaluate (each a shard of the evaluation set) and end with the same model;
 - every finished epoch is saved as a full training state (model, optimizer, scheduler, epoch, history,
   best-so-far) so that a killed run resumes from its last finished epoch. Shuffling and augmentation
   draw from generators seeded by (seed, epoch), so a resumed run sees exactly the batches the
@@ -21,6 +23,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -89,14 +92,16 @@ class FitResult:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """experiment.device as a torch.device; under torchrun, "auto" and "cuda" mean GPU LOCAL_RANK of this node."""
     if name == "auto":
-        if torch.cuda.is_available():
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            return torch.device("cuda", rank % torch.cuda.device_count())
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"experiment.device: {name!r} but CUDA is not available; use auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        # LOCAL_RANK, not the global rank: on the second node rank 8 is that node's GPU 0.
+        local = int(os.environ.get("LOCAL_RANK", "0"))  # set by torchrun only
+        device = torch.device("cuda", local % torch.cuda.device_count())
     return device
 
 
@@ -144,24 +149,35 @@ def evaluate(
     batch_size: int = 1024,
     amp: bool = True,
     channels_last: bool = True,
+    *,
+    distributed: bool = False,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` on `split`, in eval mode, restoring the mode after."""
+    """(mean cross-entropy, accuracy) of `model` on `split`, in eval mode, restoring the mode after.
+
+    distributed: under torchrun, each rank evaluates its own slice and the sums are all-reduced, so
+    the result is the whole split's; every rank must call it then. False: this rank evaluates it all.
+    """
     was_training = model.training
     model.eval()
     fmt = _memory_format(device, channels_last)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    images, labels = split.images.to(device, non_blocking=True), split.labels.to(device, non_blocking=True)
-    for start in range(0, len(split), batch_size):
+    rank, world_size = world() if distributed else (0, 1)
+    lo, hi = len(split) * rank // world_size, len(split) * (rank + 1) // world_size
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, correct count
+    images = split.images[lo:hi].to(device, non_blocking=True)
+    labels = split.labels[lo:hi].to(device, non_blocking=True)
+    for start in range(0, hi - lo, batch_size):
         x = normalize(images[start : start + batch_size], mean, std).contiguous(memory_format=fmt)
         y = labels[start : start + batch_size]
         with _autocast(device, amp):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
+    if world_size > 1:
+        dist.all_reduce(sums)
     model.train(was_training)
     n = max(1, len(split))
-    return float(loss_sum) / n, float(correct) / n
+    loss_sum, correct = sums.tolist()
+    return loss_sum / n, correct / n
 
 
 # ---- training -------------------------------------------------------------------------------
@@ -198,9 +214,13 @@ def train_one_epoch(
     model.train()
     fmt = _memory_format(device, s.channels_last)
     order = torch.randperm(len(split), generator=generator)
-    # Every rank draws the same permutation and takes its own strided shard of equal length.
-    per_rank = len(order) // world_size
-    order = order[rank * per_rank : (rank + 1) * per_rank] if world_size > 1 else order
+    if world_size > 1:
+        # Every rank draws the same permutation and takes its own contiguous shard of equal length;
+        # its crops and flips come from its own generator, so ranks do not repeat each other's.
+        per_rank = len(order) // world_size
+        order = order[rank * per_rank : (rank + 1) * per_rank]
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)) + rank)
+    order = order.to(split.images.device)  # once per epoch: a copy per step would make the host wait for the device
     # Drop a last partial batch: a batch of 1 breaks BatchNorm and a ragged one skews the step.
     steps = max(1, len(order) // s.batch_size) if len(order) >= 2 else 0
     loss_sum = torch.zeros((), device=device)
@@ -208,7 +228,7 @@ def train_one_epoch(
     seen = 0
     for step in range(steps):
         idx = order[step * s.batch_size : (step + 1) * s.batch_size]
-        x_u8 = split.images[idx.to(split.images.device)]
+        x_u8 = split.images[idx]
         y = split.labels[idx.to(split.labels.device)].to(device, non_blocking=True)
         x = normalize(random_crop_flip(x_u8.to(device, non_blocking=True), generator), mean, std)
         x = x.contiguous(memory_format=fmt)
@@ -261,6 +281,27 @@ def load_training_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return state
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank.
+
+    DDP broadcasts them before each forward, but the last step's update stays per rank; without this
+    the ranks would evaluate, pick best epochs and end with different BN statistics.
+    """
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def _check_ranks_agree(start_epoch: int, device: torch.device, state_path: Path | None) -> None:
+    """Every rank must resume from the same epoch; a state file only rank 0 can see would split them."""
+    bounds = torch.tensor([start_epoch, -start_epoch], device=device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    if int(bounds[0]) != -int(bounds[1]):
+        raise RuntimeError(
+            f"--resume: ranks would start after epochs {-int(bounds[1])}..{int(bounds[0])}; {state_path} must be on "
+            "a filesystem every node shares (set paths.state), or run without --resume"
+        )
+
+
 def fit(
     model: nn.Module,
     data: PreparedData,
@@ -307,6 +348,7 @@ def fit(
 
     train_model: nn.Module = model
     if world_size > 1:
+        _check_ranks_agree(start_epoch, device, state_path)
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -325,10 +367,14 @@ def fit(
         )
         if bar is not None:
             bar.close()
+        if world_size > 1:
+            broadcast_buffers(model)
         scheduler.step()
         if not math.isfinite(train_loss) or train_loss > s.divergence_loss:
             raise TrainingDiverged(epoch, train_loss, s.divergence_loss)
-        ev = dict(device=device, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last)
+        ev = dict(
+            device=device, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last, distributed=True
+        )
         val_loss, val_acc = (
             evaluate(model, data.val, data.mean, data.std, **ev) if len(data.val) else (math.nan, math.nan)
         )

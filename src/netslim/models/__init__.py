@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from netslim.io import CheckpointError, load_checkpoint, save_torch
@@ -79,13 +80,32 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path = "<check
         )
     except (ValueError, TypeError, IndexError) as e:
         raise CheckpointError(f"{path}: its cfg does not build a {arch}: {e}") from None
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])[:300]
-        raise CheckpointError(f"{path}: weights do not match its cfg/arch {arch} ({detail})") from None
+    state_dict = checkpoint["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path}: its state_dict is not a mapping of names to tensors; pass a file netslim wrote")
+    mismatch = _state_dict_mismatch(model, state_dict)
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not match its arch {arch} and cfg: {mismatch}")
+    model.load_state_dict(state_dict)
     return model
+
+
+def _state_dict_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str:
+    """One line on how `state_dict` differs from what `model` expects ("" when it fits)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing keys (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})"] if unexpected else []
+        return ", ".join(parts) + "; the weights belong to another arch or model"
+    for key, tensor in expected.items():
+        if state_dict[key].shape != tensor.shape:
+            return (
+                f"{key} has shape {list(state_dict[key].shape)} in the file but the cfg builds "
+                f"{list(tensor.shape)}; the cfg was not saved with these weights"
+            )
+    return ""
 
 
 def load_model(path: str | Path) -> nn.Module:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from netslim import tracking
+from netslim import distributed, tracking
 from netslim.config import BUDGET, Config, parse_ratio, ratio_label
 from netslim.data import load_prepared
 from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
@@ -27,6 +27,12 @@ def meets_constraints(config: Config, test_acc: float, params: int) -> bool:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    """Under torchrun, the whole stage runs inside the process group (docs/distributed.md)."""
+    with distributed.session(config.experiment.device):
+        return _finetune(args, config)
+
+
+def _finetune(args: argparse.Namespace, config: Config) -> int:
     label = ratio_label(parse_ratio(args.ratio, "--ratio"))
     layout = Layout(config.paths)
     set_deterministic(config.experiment.deterministic)
@@ -34,6 +40,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     source = layout.pruned(label)
     checkpoint = load_checkpoint(source)
     model = model_from_checkpoint(checkpoint, source)
+    model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
     data = load_prepared(layout.prepared)
     settings = fit_settings(config, config.finetune, sparsity_lambda=0.0)
     prov = checkpoint.get("provenance", {})
@@ -82,7 +89,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         )
         write_csv(layout.finetune_reports(label) / "history.csv", result.history)
         write_json(layout.finetune_reports(label) / "metrics.json", metrics)
-        run.metrics({k: float(v) for k, v in metrics.items()})
+        # val_acc and test_acc are per-epoch curves too; the best epoch's values need names of their own
+        run.metrics({(f"best_{k}" if k in ("val_acc", "test_acc") else k): float(v) for k, v in metrics.items()})
         run.model(
             model,
             "model",

@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-from netslim import tracking
+from netslim import distributed, tracking
 from netslim.config import Config, lambda_label, parse_lambda
 from netslim.data import load_prepared
 from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
@@ -34,6 +34,12 @@ def gamma_rows(model: torch.nn.Module) -> list[dict]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    """Under torchrun, the whole stage runs inside the process group (docs/distributed.md)."""
+    with distributed.session(config.experiment.device):
+        return _train(args, config)
+
+
+def _train(args: argparse.Namespace, config: Config) -> int:
     lam = parse_lambda(args.lam, "--lambda")
     label = lambda_label(lam)
     layout = Layout(config.paths)
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     data = load_prepared(layout.prepared)
     torch.manual_seed(config.experiment.seed)
     model = build_model(config.model.arch, data.num_classes, width=config.model.width)
+    model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
     settings = fit_settings(config, config.train, lam)
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}
@@ -90,7 +97,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "params": count_params(model),
         }
         write_json(reports / "metrics.json", metrics)
-        run.metrics({f"final_{k}": v for k, v in metrics.items() if k != "lambda"})
+        # test_acc and sparsity are per-epoch curves too; the best epoch's values need names of their own
+        curves = ("test_acc", "sparsity")
+        run.metrics({(f"best_{k}" if k in curves else k): v for k, v in metrics.items() if k != "lambda"})
         run.artifact(reports / "gammas.csv", "gammas")
     layout.state("train", label).unlink(missing_ok=True)
     print(
