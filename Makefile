@@ -37,8 +37,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The stages' default tracking store (artifacts in ./mlruns); one worker and no job runner suit a laptop.
+UI_PORT ?= 5000
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
+	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 search: setup
 	$(BIN)/dvc repro search/dvc.yaml

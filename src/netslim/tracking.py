@@ -3,7 +3,7 @@
 - Where: MLFLOW_TRACKING_URI when set, else params `tracking.uri`, else a SQLite file in the project
   (no server needed; `make ui` shows it). An http(s) URI is checked before any work starts.
 - Runs: readable names (`train λ=1e-4`, `prune 90%`), tags for stage, arch, dataset, λ, ratio, the git
-  commit and a pipeline id shared by every stage of one `dvc repro`.
+  commit and a pipeline id shared by every stage of one `dvc repro` (or `mlflow run`, or `make demo`).
 - Failure: a run whose stage raises is ended FAILED. If the server goes away mid-run, the stage goes
   on (its DVC outputs matter more than its charts); the calls that were lost are listed in one warning.
 """
@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -20,15 +22,22 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from netslim.config import Config, lambda_label
 
-from netslim.config import Config
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PIPELINE_ENV = "NETSLIM_PIPELINE_ID"
+PROJECT_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for its entry point's command
+CHAMPION = "champion"
+# A lost server must not stall training for minutes: MLflow's defaults are 7 retries and 120 s timeouts.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+_process_pipeline_id: str | None = None
 
 
 class TrackingError(RuntimeError):
@@ -46,14 +55,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            if response.status >= 500:
-                raise TrackingError(f"MLflow tracking URI {uri}: server answered HTTP {response.status}")
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+            status = response.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise TrackingError(
-            f"MLflow tracking URI {uri} cannot be reached ({reason}); start the server "
-            "(e.g. `make ui`) or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db"
+            f"MLflow tracking URI {uri} cannot be reached ({reason}); start the server, fix MLFLOW_TRACKING_URI "
+            f"(or tracking.uri), or unset both to track to the local {DEFAULT_URI}"
         ) from None
+    if status >= 500:
+        raise TrackingError(f"MLflow tracking URI {uri}: the server answered HTTP {status} on /health; check its log")
 
 
 def git_commit() -> str:
@@ -72,40 +84,59 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def pipeline_id() -> str:
-    """One id for all stages of one `dvc repro` (or one `mlflow run`, or one `make demo`).
+def _is_dvc(cmdline: list[bytes]) -> bool:
+    """`dvc ...` or `python .../bin/dvc ...` (the console script run by its interpreter)."""
+    return any(Path(part.decode(errors="ignore")).name in ("dvc", "dvc.exe") for part in cmdline[:2])
 
-    NETSLIM_PIPELINE_ID wins. Otherwise the nearest ancestor process running dvc (every stage of one
-    repro is its child) names the pipeline by its pid and start time; a lone stage gets its own id.
-    """
-    if os.environ.get(PIPELINE_ENV):
-        return os.environ[PIPELINE_ENV]
+
+def _dvc_ancestor_id() -> str | None:
+    """An id for the nearest ancestor `dvc` process (every stage of one repro is its child), or None."""
     pid = os.getppid()
     for _ in range(12):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
-            break
-        if any(Path(part.decode(errors="ignore")).name in ("dvc", "dvc.exe") for part in cmdline[:2]) or (
-            len(cmdline) > 2 and cmdline[1].endswith(b"dvc")
-        ):
-            blob = f"{os.uname().nodename}:{pid}:{_process_start(pid)}"
+            return None
+        if _is_dvc(cmdline):
+            blob = f"{os.uname().nodename}:{pid}:{_process_start(pid)}"  # pids are reused; start times are not
             return "dvc-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
-        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "0")
-        pid = int(ppid)
+        pid = int(next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "0"))
         if pid <= 1:
-            break
-    return "run-" + uuid.uuid4().hex[:12]
+            return None
+    return None
+
+
+def pipeline_id() -> str:
+    """One id for all stages of one pipeline execution.
+
+    NETSLIM_PIPELINE_ID wins (`make demo` sets it). Otherwise the `mlflow run` project run that launched
+    this process, else the nearest ancestor `dvc` process (by pid and start time); a lone stage gets
+    its own id. Computed once per process, so nested runs (search trials) share their parent's id.
+    """
+    if os.environ.get(PIPELINE_ENV):
+        return os.environ[PIPELINE_ENV]
+    global _process_pipeline_id
+    if _process_pipeline_id is None:
+        _process_pipeline_id = os.environ.get(PROJECT_RUN_ENV) or _dvc_ancestor_id() or "run-" + uuid.uuid4().hex[:12]
+    return _process_pipeline_id
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:120]}" if text else type(e).__name__
 
 
 class Tracker:
-    """What a stage logs; every call survives a lost server (recorded, warned about once at the end)."""
+    """What a stage logs; every call survives a lost server (recorded, warned about at once and at the end)."""
 
-    def __init__(self, mlflow_module: Any | None, log_models: bool = True, register: bool = True) -> None:
+    def __init__(
+        self, mlflow_module: Any | None, log_models: bool = True, register: bool = True, uri: str = ""
+    ) -> None:
         self._mlflow = mlflow_module
         self._log_models = log_models
         self._register = register
+        self.uri = uri
         self.lost: list[str] = []
         self.run_id: str | None = None
 
@@ -122,7 +153,12 @@ class Tracker:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - any client/server failure must not kill the stage
-            self.lost.append(f"{what} ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})")
+            self.lost.append(f"{what} ({_first_line(e)})")
+            print(
+                f"warning: MLflow at {self.uri} failed on {what} ({_first_line(e)}); the stage goes on "
+                "without tracking",
+                file=sys.stderr,
+            )
             return None
 
     def params(self, params: dict[str, Any]) -> None:
@@ -130,7 +166,7 @@ class Tracker:
         self._call("log_params", lambda: self._mlflow.log_params(clean))
 
     def metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, str)}
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self._call(f"log_metrics(step={step})", lambda: self._mlflow.log_metrics(numeric, step=step))
 
     def epoch(self, record: dict[str, float]) -> None:
@@ -149,6 +185,9 @@ class Tracker:
     def gamma_histogram(self, model: nn.Module, epoch: int, label: str) -> None:
         """A figure of the prunable γ at this epoch, and the raw values as a file."""
         if self._mlflow is None:
+            return
+        if self.lost:  # no figure to draw for a server that is gone
+            self.lost.append(f"gamma_histogram(epoch={epoch})")
             return
         import matplotlib
 
@@ -177,13 +216,24 @@ class Tracker:
         feasible: bool | None = None,
         score: float | None = None,
     ) -> None:
-        """Log with signature and input example; optionally register and maintain the `champion` alias."""
+        """Log with signature and input example; optionally register and maintain the `champion` alias.
+
+        Args:
+            example_images: a few uint8 NHWC images (more than one, so the batch dimension stays dynamic).
+            register_as: registered model name; None logs without registering.
+            feasible: whether the model meets the constraints (tagged on the version; only feasible
+                versions can hold `champion`).
+            score: what ranks feasible versions for `champion` (validation accuracy).
+        """
         if self._mlflow is None or not self._log_models:
             return
-        from netslim.data import normalize
+        import torch
 
-        model = model.cpu().eval()
-        example = normalize(example_images.cpu(), mean, std)
+        from netslim.data import normalize
+        from netslim.models import unwrap
+
+        model = copy.deepcopy(unwrap(model)).cpu().eval()  # the caller's model stays where it was
+        example = normalize(example_images.cpu(), mean, std).contiguous()
         with torch.inference_mode():
             output = model(example).numpy()
         register = register_as if self._register else None
@@ -191,64 +241,86 @@ class Tracker:
         def log() -> Any:
             from mlflow.models import infer_signature
 
-            signature = infer_signature(example.numpy(), output)
+            # pt2 (torch.export): loading runs no pickled code and needs no netslim, only torch.
+            # Explicit requirements skip MLflow's inference, which reloads the model in a subprocess.
             return self._mlflow.pytorch.log_model(
-                model, name=name, signature=signature, input_example=example.numpy(), registered_model_name=register
+                model,
+                name=name,
+                signature=infer_signature(example.numpy(), output),
+                input_example=example.numpy(),
+                serialization_format="pt2",
+                pip_requirements=self._mlflow.pytorch.get_default_pip_requirements(),
+                registered_model_name=register,
             )
 
         info = self._call(f"log_model({name})", log)
         if info is not None and register and feasible is not None:
-            self._call("champion alias", lambda: self._update_champion(register, info, feasible, score))
+            if score is not None and not math.isfinite(score):
+                score = None
+            self._call(f"{CHAMPION} alias", lambda: self._update_champion(register, info, feasible, score))
 
     def _update_champion(self, registered: str, info: Any, feasible: bool, score: float | None) -> None:
-        """Tag the new version; the best feasible version (by validation accuracy) holds `champion`."""
+        """Tag the new version; the best feasible version (by score) holds `champion`."""
         client = self._mlflow.MlflowClient()
-        version = getattr(info, "registered_model_version", None)
-        if version is None:
-            return
+        version = str(info.registered_model_version)
         client.set_model_version_tag(registered, version, "meets_constraints", str(bool(feasible)).lower())
         if score is not None:
             client.set_model_version_tag(registered, version, "val_acc", f"{score:.6f}")
         if not feasible:
             return
         try:
-            current = client.get_model_version_by_alias(registered, "champion")
-            current_score = float(current.tags.get("val_acc", "-1"))
-        except Exception:  # noqa: BLE001 - no champion yet
-            current_score = -1.0
-        if score is None or score >= current_score:
-            client.set_registered_model_alias(registered, "champion", version)
+            current = client.get_model_version_by_alias(registered, CHAMPION)
+            current_score = float(current.tags.get("val_acc", "-inf"))
+        except self._mlflow.exceptions.MlflowException:  # no champion yet
+            current_score = -math.inf
+        if score is None or score >= current_score:  # ties go to the newer version
+            client.set_registered_model_alias(registered, CHAMPION, version)
 
 
 @contextlib.contextmanager
-def stage_run(config: Config, stage: str, run_name: str, **tags: Any) -> Iterator[Tracker]:
-    """One MLflow run around a stage; FAILED if the stage raises, FINISHED otherwise."""
+def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, **tags: Any) -> Iterator[Tracker]:
+    """One MLflow run around a stage; FAILED if the stage raises, FINISHED otherwise.
+
+    Args:
+        nested: start the run under the active run of this process (search trials under the study).
+        tags: more tags (lambda, ratio, ...); arch and dataset here override the config's.
+
+    Raises:
+        TrackingError: before the stage's work starts, when the tracking URI cannot be used.
+    """
     from netslim.engine import is_main_process
 
     if not config.tracking.enabled or not is_main_process():
         yield Tracker(None)
         return
     uri = tracking_uri(config)
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     check_reachable(uri)
-    # Fail fast instead of retrying for minutes when the server goes away mid-run.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    all_tags = {
+        "stage": stage,
+        "pipeline_id": pipeline_id(),
+        "git_commit": git_commit(),
+        "dataset": config.data.dataset,
+        "arch": config.model.arch,
+    } | {k: str(v) for k, v in tags.items()}
+    if "lambda" in tags:  # one spelling per λ ("1e-4", not "0.0001"), so the UI can filter on it
+        with contextlib.suppress(ValueError):
+            all_tags["lambda"] = lambda_label(tags["lambda"])
+    # Under `mlflow run`, the project's run is this stage run's parent rather than the run itself, so
+    # `mlflow run . -e main` shows one parent with a child per stage (start_run would adopt it).
+    project_run = os.environ.pop(PROJECT_RUN_ENV, None)
+    if project_run and not nested:
+        all_tags["mlflow.parentRunId"] = project_run
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.set_experiment(config.tracking.experiment)
-        all_tags = {
-            "stage": stage,
-            "pipeline_id": pipeline_id(),
-            "git_commit": git_commit(),
-            "dataset": config.data.dataset,
-            "arch": config.model.arch,
-        } | {k: str(v) for k, v in tags.items()}
-        active = mlflow.start_run(run_name=run_name, tags=all_tags)
-    except Exception as e:  # noqa: BLE001
-        raise TrackingError(f"MLflow tracking URI {uri}: cannot start a run ({type(e).__name__}: {e})") from None
-    tracker = Tracker(mlflow, config.tracking.log_models, config.tracking.register_models)
+        active = mlflow.start_run(run_name=run_name, tags=all_tags, nested=nested)
+    except Exception as e:  # noqa: BLE001 - whatever the store raises, the stage must stop here with the URI
+        raise TrackingError(f"MLflow tracking URI {uri}: cannot start a run ({_first_line(e)})") from None
+    tracker = Tracker(mlflow, config.tracking.log_models, config.tracking.register_models, uri)
     tracker.run_id = active.info.run_id
     status = "FINISHED"
     try:
@@ -260,12 +332,20 @@ def stage_run(config: Config, stage: str, run_name: str, **tags: Any) -> Iterato
         status = "FAILED"
         raise
     finally:
-        tracker._call("end_run", lambda: mlflow.end_run(status=status))
-        if tracker.lost:
-            shown = "; ".join(tracker.lost[:5]) + (
-                f"; and {len(tracker.lost) - 5} more" if len(tracker.lost) > 5 else ""
-            )
-            print(
-                f"warning: MLflow at {uri} stopped answering; {len(tracker.lost)} call(s) lost: {shown}",
-                file=sys.stderr,
-            )
+        _end_run(mlflow, tracker, status)
+
+
+def _end_run(mlflow: Any, tracker: Tracker, status: str) -> None:
+    """End the run even after the server went away: end_run also pops the process's active-run stack."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception as e:  # noqa: BLE001
+        tracker.lost.append(f"end_run({status}) ({_first_line(e)})")
+    if tracker.lost:
+        lost = tracker.lost
+        # The first entry says why; the last ones say how far the stage got (a failed end_run comes last).
+        shown = lost if len(lost) <= 8 else [*lost[:4], f"... {len(lost) - 7} more ...", *lost[-3:]]
+        print(
+            f"warning: MLflow at {tracker.uri} stopped answering; {len(lost)} call(s) lost: {'; '.join(shown)}",
+            file=sys.stderr,
+        )
