@@ -1,0 +1,532 @@
+"""The report's figures and tables, from the stages' outputs already read into DataFrames and dicts.
+
+Nothing here reads or writes files (`netslim.stages.report` does), so every figure and table can be built
+and checked in memory. Figures are bare `matplotlib.figure.Figure` objects, not pyplot ones: no GUI backend
+and no global figure registry to leak into, and both `savefig` and MLflow's `log_figure` accept them.
+Values the stages did not write show as "n/a" rather than failing the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from netslim.config import BUDGET, Config, ConstraintsConfig
+
+DPI = 120
+NA = "n/a"
+STAGE_COLORS = {"train": "tab:gray", "prune": "tab:orange", "finetune": "tab:green"}
+
+# Figure file -> (heading, one-sentence caption saying what to look at); report.md embeds them in this order.
+FIGURES = {
+    "sparsity_training_accuracy.png": (
+        "Sparsity training",
+        "Train, validation and test accuracy per epoch of the sparsity training at the pruned λ: the L1 penalty "
+        "should cost little accuracy by the end.",
+    ),
+    "scaling_factor_distribution.png": (
+        "Scaling factors γ",
+        "Histograms of the prunable BN scaling factors after sparsity training, one panel per λ on the same axes: "
+        "a larger λ piles more γ up near zero, which is what makes those channels safe to remove.",
+    ),
+    "sparsity_vs_accuracy.png": (
+        "Sparsity against accuracy",
+        "Share of channels with |γ| below the sparsity threshold next to the training accuracy, per epoch and λ: "
+        "sparsity grows with λ while accuracy should keep up.",
+    ),
+    "channels_per_layer.png": (
+        "Channels per layer",
+        "Channels kept in each prunable layer at every prune ratio against the unpruned widths: the global "
+        "threshold prunes some layers far more than others.",
+    ),
+    "finetune_accuracy.png": (
+        "Fine-tuning",
+        "Train and test accuracy per epoch of fine-tuning each pruned model, starting from its accuracy right "
+        "after pruning (epoch 0), with the accuracy constraint as a dashed line.",
+    ),
+    "model_comparison.png": (
+        "Model comparison",
+        "Accuracy, parameters, MACs, measured throughput and speedup of every model, with the constraint lines: "
+        "a feasible model sits right of the accuracy line and left of the parameter line.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the earlier stages wrote, keyed by λ label (train) or ratio label (prune, finetune)."""
+
+    train_history: dict[str, pd.DataFrame]
+    train_metrics: dict[str, dict[str, Any]]
+    gammas: dict[str, pd.DataFrame]
+    prune_metrics: dict[str, dict[str, Any]]
+    channels: dict[str, pd.DataFrame]
+    finetune_history: dict[str, pd.DataFrame]
+    finetune_metrics: dict[str, dict[str, Any]]
+
+
+# ---- names and numbers -----------------------------------------------------------------------------
+
+
+def ratio_text(label: str) -> str:
+    """ "0.9" -> "90%", "budget" -> "(budget)": how a prune target reads in a model name."""
+    return f"({BUDGET})" if label == BUDGET else f"{float(label) * 100:g}%"
+
+
+def model_name(label: str, finetuned: bool) -> str:
+    return f"pruned {ratio_text(label)}" + (" + fine-tuned" if finetuned else "")
+
+
+def number(values: Mapping[str, Any], key: str) -> float | None:
+    """A finite number from a metrics dict, or None when missing, NaN or not a number."""
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
+
+
+def meets_constraints(constraints: ConstraintsConfig, test_acc: float | None, params: float | None) -> bool | None:
+    """Accuracy AND params within the constraints; None when either is unknown (shown as n/a, never as a pass)."""
+    if test_acc is None or params is None:
+        return None
+    return test_acc >= constraints.min_accuracy and params <= constraints.max_params
+
+
+def fmt_acc(value: float | None) -> str:
+    return NA if value is None else f"{value * 100:.2f}%"
+
+
+def fmt_int(value: float | None) -> str:
+    return NA if value is None else f"{round(value):,}"
+
+
+def fmt_millions(value: float | None) -> str:
+    return NA if value is None else f"{value / 1e6:,.1f} M"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return NA if value is None else f"{value:.2f}×"
+
+
+def fmt_rate(value: float | None) -> str:
+    """Images/s: whole numbers, except that a slow rate keeps three significant digits."""
+    return NA if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def fmt_bool(value: bool | None) -> str:
+    return NA if value is None else ("yes" if value else "no")
+
+
+# ---- the summary table ------------------------------------------------------------------------------
+
+
+def _reference(inputs: ReportInputs) -> dict[str, Any]:
+    """The unpruned model's measurements, taken from the first prune run that wrote them.
+
+    Every prune run measures the unpruned model again next to its pruned one (interleaved, so each speedup is
+    fair); for the unpruned row one of those measurements is as good as another.
+    """
+    keys = ("macs_unpruned", "flops_unpruned", "throughput_b1_unpruned", "throughput_b64_unpruned", "params_unpruned")
+    out: dict[str, Any] = {}
+    for metrics in inputs.prune_metrics.values():
+        for key in keys:
+            if key not in out and number(metrics, key) is not None:
+                out[key] = metrics[key]
+    return out
+
+
+def _flops(values: Mapping[str, Any], macs: float | None) -> float | None:
+    flops = number(values, "flops")
+    return flops if flops is not None or macs is None else 2 * macs
+
+
+def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, Any]]:
+    """One row per model, keyed as in summary.json ("unpruned", "pruned_0.9", "finetuned_0.9").
+
+    None marks a value no stage wrote (an empty cell in summary.csv, "n/a" in report.md).
+    """
+    train = inputs.train_metrics[config.prune.lambda_]
+    ref = _reference(inputs)
+    macs = number(ref, "macs_unpruned")
+    rows = {
+        "unpruned": {
+            "model": "unpruned",
+            "stage": "train",
+            "ratio": 0.0,
+            "test_acc": number(train, "test_acc"),
+            "params": number(train, "params") or number(ref, "params_unpruned"),
+            "macs": macs,
+            "flops": number(ref, "flops_unpruned") or (2 * macs if macs is not None else None),
+            "throughput_b1": number(ref, "throughput_b1_unpruned"),
+            "throughput_b64": number(ref, "throughput_b64_unpruned"),
+        }
+    }
+    for label, pm in inputs.prune_metrics.items():
+        fm = inputs.finetune_metrics[label]
+        # Fine-tuning changes weights, not shapes: the pruned model's measured throughput is the fine-tuned one's.
+        speed = {"throughput_b1": number(pm, "throughput_b1"), "throughput_b64": number(pm, "throughput_b64")}
+        for key, stage, metrics, acc_key in (
+            (f"pruned_{label}", "prune", pm, "test_acc_before_finetune"),
+            (f"finetuned_{label}", "finetune", fm, "test_acc"),
+        ):
+            macs = number(metrics, "macs")
+            rows[key] = {
+                "model": model_name(label, finetuned=stage == "finetune"),
+                "stage": stage,
+                "ratio": number(pm, "ratio_used"),
+                "test_acc": number(metrics, acc_key),
+                "params": number(metrics, "params"),
+                "macs": macs,
+                "flops": _flops(metrics, macs),
+            } | speed
+    for row in rows.values():
+        row["meets_constraints"] = meets_constraints(config.constraints, row["test_acc"], row["params"])
+    return rows
+
+
+def summary_metrics(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """summary.json for `dvc metrics show`: numbers only (bools as 0/1), unknown values and names left out."""
+    out = {}
+    for key, row in rows.items():
+        values = {}
+        for name, value in row.items():
+            if isinstance(value, bool):
+                values[name] = int(value)
+            elif isinstance(value, int | float) and math.isfinite(value):
+                values[name] = value
+        out[key] = values
+    return out
+
+
+# ---- figures ----------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _panels(fig: Figure, n: int, **share: bool) -> list[Axes]:
+    return list(np.atleast_1d(fig.subplots(1, n, squeeze=False, **share)).ravel())
+
+
+def _plot_accuracy(ax: Axes, history: pd.DataFrame) -> None:
+    marker = "o" if len(history) <= 25 else None  # markers help on a few epochs, clutter on many
+    for column, name, color in (
+        ("train_acc", "train", "tab:blue"),
+        ("val_acc", "validation", "tab:green"),
+        ("test_acc", "test", "tab:orange"),
+    ):
+        if column in history and history[column].notna().any():
+            ax.plot(history["epoch"], history[column] * 100, marker=marker, ms=3, color=color, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _legend_below(fig: Figure, ax: Axes) -> None:
+    """One legend for all panels, under them, where it hides no curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
+
+
+def sparsity_training_accuracy(history: pd.DataFrame, lam: str, best_epoch: int | None = None) -> Figure:
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    _plot_accuracy(ax, history)
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="k", ls=":", lw=1, label=f"best validation epoch ({best_epoch})")
+    ax.set_title(f"Sparsity training at λ = {lam}: accuracy per epoch")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def scaling_factor_distribution(gammas: Mapping[str, pd.DataFrame], threshold: float) -> Figure:
+    """One γ histogram per λ; shared bins and axes so the panels compare at a glance."""
+    values = {lam: df["gamma"].to_numpy(dtype=float) for lam, df in gammas.items()}
+    everything = np.concatenate(list(values.values()))
+    lo, hi = (min(everything.min(), 0.0), everything.max()) if everything.size else (0.0, 1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 61)
+    fig = _figure(3.6 * len(values) + 0.6, 3.8)
+    axes = _panels(fig, len(values), sharex=True, sharey=True)
+    for ax, (lam, v) in zip(axes, values.items(), strict=True):
+        ax.hist(v, bins=bins, color="tab:blue")
+        ax.set_yscale("log")  # near-zero γ outnumber the rest by orders of magnitude at a large λ
+        share = float(np.mean(np.abs(v) < threshold)) if v.size else math.nan
+        ax.set_title(f"λ = {lam}: {share:.0%} of |γ| < {threshold:g}", fontsize=11)
+        ax.set_xlabel("γ (BN scaling factor)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("channels (log scale)")
+    fig.suptitle("Distribution of the prunable BN scaling factors γ after sparsity training")
+    return fig
+
+
+def sparsity_vs_accuracy(histories: Mapping[str, pd.DataFrame], threshold: float) -> Figure:
+    fig = _figure(3.6 * len(histories) + 0.6, 3.8)
+    axes = _panels(fig, len(histories), sharex=True, sharey=True)
+    for ax, (lam, h) in zip(axes, histories.items(), strict=True):
+        ax.plot(
+            h["epoch"], h["sparsity"] * 100, color="tab:red", marker="o", ms=3, label=f"sparsity (|γ| < {threshold:g})"
+        )
+        ax.plot(h["epoch"], h["train_acc"] * 100, color="tab:blue", marker="o", ms=3, label="train accuracy")
+        ax.set(title=f"λ = {lam}", xlabel="epoch", ylim=(0, 102))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% of channels / % accuracy")
+    _legend_below(fig, axes[0])
+    fig.suptitle("Sparsity and training accuracy during sparsity training")
+    return fig
+
+
+def channels_per_layer(channels: Mapping[str, pd.DataFrame]) -> Figure:
+    """Kept channels per layer at each ratio, over grey bars of the unpruned widths (same for every ratio)."""
+    first = next(iter(channels.values()))
+    layers = list(first["layer"])
+    x = np.arange(len(layers))
+    fig = _figure(max(8.0, 0.22 * len(layers) + 2.5), 4.8)
+    ax = fig.subplots()
+    ax.bar(x, first["channels_before"], color="lightgray", label="unpruned")
+    for label, df in channels.items():
+        kept = df.set_index("layer")["channels_kept"].reindex(layers)
+        ax.plot(x, kept, marker="o", ms=3, label=model_name(label, finetuned=False))
+    ax.set_xticks(x, layers, rotation=90, fontsize=7)
+    ax.set(xlabel="prunable layer (its BN)", ylabel="channels", title="Channels kept per prunable layer")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def finetune_accuracy(
+    histories: Mapping[str, pd.DataFrame], after_pruning: Mapping[str, float | None], min_accuracy: float
+) -> Figure:
+    fig = _figure(4.2 * len(histories) + 0.6, 3.9)
+    axes = _panels(fig, len(histories), sharey=True)
+    for ax, (label, h) in zip(axes, histories.items(), strict=True):
+        _plot_accuracy(ax, h)
+        if after_pruning.get(label) is not None:
+            ax.plot([0], [after_pruning[label] * 100], "kx", ms=8, label="after pruning")
+        ax.axhline(min_accuracy * 100, color="tab:red", ls="--", lw=1, label=f"constraint ({min_accuracy:.0%})")
+        ax.set_title(model_name(label, finetuned=False))
+    _legend_below(fig, axes[0])
+    fig.suptitle("Fine-tuning the pruned models: accuracy per epoch")
+    return fig
+
+
+def _bars(ax: Axes, names: list[str], values: list[float | None], colors: list[str], fmt) -> None:
+    """Horizontal bars, top to bottom in table order, each labelled with its value (n/a for unknown)."""
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, [0 if v is None else v for v in values], color=colors)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(0 if v is None else v, yi, f" {NA if v is None else fmt(v)}", va="center", fontsize=8)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.margins(x=0.25)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def model_comparison(
+    rows: list[dict[str, Any]], prune_metrics: Mapping[str, Mapping[str, Any]], constraints: ConstraintsConfig
+) -> Figure:
+    """Every model side by side, with the constraint lines and each pruned model's speedup against its MACs ratio."""
+    names = [r["model"] for r in rows]
+    colors = [STAGE_COLORS.get(r["stage"], "tab:blue") for r in rows]
+
+    def column(key: str, scale: float = 1.0) -> list[float | None]:
+        return [None if r[key] is None else r[key] / scale for r in rows]
+
+    fig = _figure(13, 8.5)
+    (acc, params, macs), (b1, b64, speed) = fig.subplots(2, 3)
+    _bars(acc, names, column("test_acc", 0.01), colors, lambda v: f"{v:.1f}%")
+    acc.axvline(constraints.min_accuracy * 100, color="tab:red", ls="--")
+    acc.set(title=f"Test accuracy (dashed: min {constraints.min_accuracy:.0%})", xlabel="accuracy (%)")
+    _bars(params, names, column("params", 1e6), colors, lambda v: f"{v:.2f} M")
+    params.axvline(constraints.max_params / 1e6, color="tab:red", ls="--")
+    params.set(title=f"Parameters (dashed: max {constraints.max_params / 1e6:g} M)", xlabel="parameters (millions)")
+    _bars(macs, names, column("macs", 1e6), colors, lambda v: f"{v:,.1f} M")
+    macs.set(title="MACs per image", xlabel="MACs (millions); FLOPs = 2 × MACs")
+    for ax, key, batch in ((b1, "throughput_b1", 1), (b64, "throughput_b64", 64)):
+        _bars(ax, names, column(key), colors, lambda v: f"{v:,.0f}")
+        ax.set(title=f"Measured throughput, batch {batch}", xlabel="images / s")
+    for ax in (params, macs, b64):  # same models in the same order as the panel on their left
+        ax.tick_params(labelleft=False)
+    fig.suptitle("Unpruned (grey), pruned before fine-tuning (orange) and after fine-tuning (green)")
+    _speedups(speed, prune_metrics)
+    return fig
+
+
+def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]]) -> None:
+    """Grouped bars per pruned model: the speedup its MACs promise, and the speedups measured at batch 1 and 64."""
+    labels = list(prune_metrics)
+    y = np.arange(len(labels))[::-1]
+    series = (("macs_ratio", "MACs ratio", "tab:gray"), ("speedup_b1", "batch 1", "tab:blue"))
+    series += (("speedup_b64", "batch 64", "tab:purple"),)
+    height = 0.8 / len(series)
+    for i, (key, name, color) in enumerate(series):
+        values = [number(prune_metrics[label], key) for label in labels]
+        offsets = y + (1 - i) * height
+        ax.barh(offsets, [v or 0 for v in values], height=height, color=color, label=name)
+        for yi, v in zip(offsets, values, strict=True):
+            ax.text(v or 0, yi, f" {fmt_ratio(v)}", va="center", fontsize=7)
+    ax.axvline(1, color="k", lw=1)
+    ax.set_yticks(y, [model_name(label, finetuned=False) for label in labels], fontsize=8)
+    ax.set(title="Speedup: MACs ratio vs measured", xlabel="× the unpruned model")
+    ax.margins(x=0.25)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def figures(inputs: ReportInputs, config: Config) -> dict[str, Figure]:
+    """Every figure of FIGURES, by file name."""
+    lam = config.prune.lambda_
+    threshold = config.train.sparsity_threshold
+    best = number(inputs.train_metrics[lam], "best_epoch")
+    built = {
+        "sparsity_training_accuracy.png": sparsity_training_accuracy(
+            inputs.train_history[lam], lam, None if best is None else int(best)
+        ),
+        "scaling_factor_distribution.png": scaling_factor_distribution(inputs.gammas, threshold),
+        "sparsity_vs_accuracy.png": sparsity_vs_accuracy(inputs.train_history, threshold),
+        "channels_per_layer.png": channels_per_layer(inputs.channels),
+        "finetune_accuracy.png": finetune_accuracy(
+            inputs.finetune_history,
+            {label: number(m, "test_acc_before_finetune") for label, m in inputs.prune_metrics.items()},
+            config.constraints.min_accuracy,
+        ),
+        "model_comparison.png": model_comparison(
+            list(summary_rows(inputs, config).values()), inputs.prune_metrics, config.constraints
+        ),
+    }
+    return {name: built[name] for name in FIGURES}
+
+
+# ---- report.md --------------------------------------------------------------------------------------
+
+
+def markdown_table(header: list[str], rows: list[list[str]], numbers: bool = True) -> str:
+    """A GitHub markdown table; with `numbers`, every column after the first is right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|:---|" + ("---:|" if numbers else ":---|") * (len(header) - 1)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def _settings(config: Config) -> str:
+    c = config
+    ratios = ", ".join(str(r) for r in c.prune.ratios)
+    target = f" (budget: ≤ {c.prune.target_params:,} params)" if c.prune.target_params else ""
+    items = [
+        ("dataset", c.data.dataset),
+        ("architecture", f"{c.model.arch}, width × {c.model.width:g}"),
+        ("λ of sparsity training", ", ".join(c.train.lambdas)),
+        ("λ of the pruned model", c.prune.lambda_),
+        ("prune ratios", ratios + target),
+        ("epochs", f"{c.train.epochs} sparsity training, {c.finetune.epochs} fine-tuning"),
+        ("bias compensation", fmt_bool(c.prune.bias_compensation)),
+        ("constraints", f"test accuracy ≥ {c.constraints.min_accuracy:.0%}, params ≤ {c.constraints.max_params:,}"),
+    ]
+    return markdown_table(["setting", "value"], [[k, v] for k, v in items], numbers=False)
+
+
+def _comparison(rows: list[dict[str, Any]]) -> str:
+    header = ["model", "test accuracy", "params", "MACs", "FLOPs", "img/s (batch 1)", "img/s (batch 64)", "meets"]
+    cells = [
+        [
+            r["model"],
+            fmt_acc(r["test_acc"]),
+            fmt_int(r["params"]),
+            fmt_millions(r["macs"]),
+            fmt_millions(r["flops"]),
+            fmt_rate(r["throughput_b1"]),
+            fmt_rate(r["throughput_b64"]),
+            fmt_bool(r["meets_constraints"]),
+        ]
+        for r in rows
+    ]
+    return markdown_table(header, cells)
+
+
+def _pruning(prune_metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    header = ["pruned model", "ratio used", "γ threshold", "unpruned acc", "with compensation", "without"]
+    cells = []
+    for label, m in prune_metrics.items():
+        threshold = number(m, "threshold")
+        ratio = number(m, "ratio_used")
+        cells.append(
+            [
+                model_name(label, finetuned=False),
+                NA if ratio is None else f"{ratio:.4f}",
+                NA if threshold is None else f"{threshold:.4g}",
+                fmt_acc(number(m, "unpruned_test_acc")),
+                fmt_acc(number(m, "test_acc_with_compensation")),
+                fmt_acc(number(m, "test_acc_without_compensation")),
+            ]
+        )
+    return markdown_table(header, cells)
+
+
+def _speed(prune_metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    header = ["pruned model", "params ratio", "MACs ratio", "speedup (batch 1)", "speedup (batch 64)"]
+    keys = ("params_ratio", "macs_ratio", "speedup_b1", "speedup_b64")
+    cells = [
+        [model_name(label, finetuned=False), *(fmt_ratio(number(m, k)) for k in keys)]
+        for label, m in prune_metrics.items()
+    ]
+    return markdown_table(header, cells)
+
+
+def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> list[str]:
+    """One line per model saying whether it meets the constraints, and if not, which one it misses."""
+    lines = []
+    for r in rows:
+        if r["meets_constraints"] is None:
+            lines.append(f"- {r['model']}: n/a (accuracy or params unknown)")
+            continue
+        misses = []
+        if r["test_acc"] < constraints.min_accuracy:
+            misses.append(f"accuracy {fmt_acc(r['test_acc'])} < {fmt_acc(constraints.min_accuracy)}")
+        if r["params"] > constraints.max_params:
+            misses.append(f"params {fmt_int(r['params'])} > {fmt_int(constraints.max_params)}")
+        lines.append(f"- {r['model']}: " + ("**meets** both" if not misses else "misses: " + "; ".join(misses)))
+    feasible = [r for r in rows if r["meets_constraints"] and r["stage"] == "finetune"]
+    if feasible:
+        best = max(feasible, key=lambda r: r["test_acc"])
+        lines.append(f"\nBest feasible model: **{best['model']}** ({fmt_acc(best['test_acc'])}).")
+    else:
+        lines.append("\nNo fine-tuned model meets both constraints.")
+    return lines
+
+
+def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, Any]]) -> str:
+    """report.md: settings, tables and every figure (linked relative to the report, as GitHub renders it)."""
+    c = config.constraints
+    parts = [
+        f"# Network Slimming report: {config.model.arch} on {config.data.dataset}",
+        "## Settings",
+        _settings(config),
+        "## Models",
+        _comparison(list(rows.values())),
+        "Accuracy is on the test set (best validation epoch). MACs are per image; FLOPs = 2 × MACs. Throughput is "
+        "measured in eval mode by the prune stage, the unpruned model timed interleaved with each pruned one; "
+        "fine-tuning keeps the architecture, so a fine-tuned model's throughput is its pruned model's.",
+        "## Pruning",
+        "Test accuracy right after pruning (before fine-tuning), with and without folding the removed "
+        "channels' bias into the next layer (bias compensation), at the global |γ| threshold and the share of "
+        "prunable channels it removed:",
+        _pruning(inputs.prune_metrics),
+        "## Speed",
+        "The speedup the MACs promise (MACs ratio) next to the speedup measured:",
+        _speed(inputs.prune_metrics),
+        "## Constraints",
+        f"Test accuracy ≥ {fmt_acc(c.min_accuracy)} and at most {fmt_int(c.max_params)} parameters.",
+        "\n".join(_verdicts(list(rows.values()), c)),
+        "## Figures",
+    ]
+    for name, (heading, caption) in FIGURES.items():
+        parts += [f"### {heading}", f"![{heading}](figures/{name})", caption]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,118 @@
+"""`netslim report`: figures, summary.{csv,json} and report.md from what train, prune and finetune wrote.
+
+Reads every input first and stops with one line naming the first missing file (the CLI exits 2) before
+anything is written; then builds every figure and table in memory, and only then writes them, atomically.
+Writes <paths.reports>/{figures/*.png, summary.csv, summary.json, report.md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from netslim import report, tracking
+from netslim.config import Config, ConfigError, lambda_label, ratio_label
+from netslim.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
+from netslim.stages.common import Layout
+
+HISTORY_COLUMNS = ("epoch", "train_acc", "test_acc", "sparsity")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options: everything the report shows comes from params.yaml and the earlier stages' files."""
+
+
+class _Reader:
+    """Reads the inputs, remembering every missing one so the error can say how many there are."""
+
+    def __init__(self) -> None:
+        self.missing: list[tuple[Path, str]] = []
+
+    def csv(self, path: Path, stage: str, columns: Iterable[str]) -> pd.DataFrame:
+        if not path.is_file():
+            self.missing.append((path, stage))
+            return pd.DataFrame()
+        frame = pd.read_csv(path)
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise ConfigError(f"{path}: no column {', '.join(absent)}; rerun the {stage} stage (`dvc repro`)")
+        return frame
+
+    def json(self, path: Path, stage: str) -> dict[str, Any]:
+        if not path.is_file():
+            self.missing.append((path, stage))
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}: not valid JSON; rerun the {stage} stage (`dvc repro`)") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: holds no metrics mapping; rerun the {stage} stage (`dvc repro`)")
+        return data
+
+    def check(self) -> None:
+        if self.missing:
+            path, stage = self.missing[0]
+            more = f" ({len(self.missing) - 1} more input(s) missing too)" if len(self.missing) > 1 else ""
+            raise ConfigError(f"{path}: missing; run `dvc repro` (the {stage} stage writes it){more}")
+
+
+def load_inputs(config: Config) -> report.ReportInputs:
+    layout = Layout(config.paths)
+    lambdas = [lambda_label(lam) for lam in config.train.lambdas]
+    ratios = [ratio_label(r) for r in config.prune.ratios]
+    read = _Reader()
+    train, prune, tune = (
+        {lam: layout.train_reports(lam) for lam in lambdas},
+        {r: layout.prune_reports(r) for r in ratios},
+        {r: layout.finetune_reports(r) for r in ratios},
+    )
+    inputs = report.ReportInputs(
+        train_history={lam: read.csv(d / "history.csv", "train", HISTORY_COLUMNS) for lam, d in train.items()},
+        train_metrics={lam: read.json(d / "metrics.json", "train") for lam, d in train.items()},
+        gammas={lam: read.csv(d / "gammas.csv", "train", ("gamma",)) for lam, d in train.items()},
+        prune_metrics={r: read.json(d / "metrics.json", "prune") for r, d in prune.items()},
+        channels={
+            r: read.csv(d / "channels.csv", "prune", ("layer", "channels_before", "channels_kept"))
+            for r, d in prune.items()
+        },
+        finetune_history={r: read.csv(d / "history.csv", "finetune", HISTORY_COLUMNS) for r, d in tune.items()},
+        finetune_metrics={r: read.json(d / "metrics.json", "finetune") for r, d in tune.items()},
+    )
+    read.check()
+    return inputs
+
+
+def png_bytes(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=report.DPI)
+    return buffer.getvalue()
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    inputs = load_inputs(config)  # a missing input stops here, before an MLflow run or any file exists
+    out = Path(config.paths.reports)
+    with tracking.stage_run(config, "report", "report", **{"lambda": config.prune.lambda_}) as tracker:
+        rows = report.summary_rows(inputs, config)
+        figures = report.figures(inputs, config)
+        pngs = {name: png_bytes(fig) for name, fig in figures.items()}  # rendered before any file is written
+        text = report.markdown(inputs, config, rows)
+        metrics = report.summary_metrics(rows)
+        for name, data in pngs.items():
+            atomic_write_bytes(out / "figures" / name, data)
+        write_csv(out / "summary.csv", list(rows.values()))
+        write_json(out / "summary.json", metrics)
+        atomic_write_text(out / "report.md", text)  # last: its links point at the files above
+        for name, fig in figures.items():
+            tracker.figure(fig, f"figures/{name}")
+        tracker.metrics({f"{model}/{key}": value for model, values in metrics.items() for key, value in values.items()})
+        tracker.artifact(out / "report.md")
+        tracker.artifact(out / "summary.csv")
+    print(f"report: {len(pngs)} figures, {len(rows)} models -> {out / 'report.md'}")
+    return 0

@@ -1,0 +1,240 @@
+"""The report stage on small synthetic outputs of train, prune and finetune (no training needed)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_params
+from netslim import report
+from netslim.cli import main as cli_main
+from netslim.config import Config, ConfigError, PathsConfig, config_from_dict
+from netslim.io import write_csv, write_json
+from netslim.stages import report as stage
+from netslim.stages.common import Layout
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LAMBDAS = ["1e-4", "1e-5", "0"]
+LAYERS = [f"layer{i}.0.bn{j}" for i in (1, 2, 3, 4) for j in (1, 2)]
+WIDTHS = [16, 16, 32, 32, 64, 64, 128, 128]
+UNPRUNED_PARAMS = 23_520_842
+# ratio -> (accuracy after pruning, after fine-tuning, params): 0.5 misses max_params, 0.9 meets both.
+PRUNED = {"0.5": (0.81, 0.935, 6_000_000), "0.9": (0.42, 0.912, 1_200_000)}
+
+
+def params_dict(tmp_path: Path) -> dict:
+    paths = {f.name: str(tmp_path / f.default) for f in dataclasses.fields(PathsConfig)}
+    return {"paths": paths, "tracking": {"enabled": False}}
+
+
+def make_config(tmp_path: Path) -> Config:
+    return config_from_dict(params_dict(tmp_path))
+
+
+def history(seed: int, sparsity_end: float) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "epoch": e,
+            "lr": 1e-3,
+            "train_loss": 2.0 / e,
+            "train_acc": 0.5 + 0.13 * e,
+            "val_loss": 2.1 / e,
+            "val_acc": 0.48 + 0.12 * e + rng.uniform(0, 0.01),
+            "test_loss": 2.1 / e,
+            "test_acc": 0.47 + 0.12 * e,
+            "sparsity": sparsity_end * e / 3,
+            "seconds": 10.0,
+        }
+        for e in (1, 2, 3)
+    ]
+
+
+def write_inputs(config: Config) -> None:
+    """What train, prune and finetune write, with the same file names and keys."""
+    layout = Layout(config.paths)
+    rng = np.random.default_rng(0)
+    for i, lam in enumerate(LAMBDAS):
+        folder = layout.train_reports(lam)
+        write_csv(folder / "history.csv", history(i, sparsity_end=[0.6, 0.2, 0.0][i]))
+        scale = [0.02, 0.3, 1.0][i]  # a larger λ pushes more γ towards zero
+        gammas = [
+            {"layer": layer, "channel": c, "gamma": float(abs(rng.normal(0, scale)))}
+            for layer, width in zip(LAYERS, WIDTHS, strict=True)
+            for c in range(width)
+        ]
+        write_csv(folder / "gammas.csv", gammas)
+        metrics = {"lambda": float(lam), "best_epoch": 3, "best_val_acc": 0.85, "test_acc": 0.94 - 0.01 * i}
+        write_json(
+            folder / "metrics.json", metrics | {"final_test_acc": 0.93, "sparsity": 0.5, "params": UNPRUNED_PARAMS}
+        )
+    for label, (before, after, params) in PRUNED.items():
+        macs = int(params * 40)
+        prune_metrics = {
+            "ratio_used": float(label),
+            "threshold": 0.0123,
+            "test_acc_before_finetune": before,
+            "test_acc_with_compensation": before,
+            "test_acc_without_compensation": before - 0.2,
+            "val_acc_before_finetune": before,
+            "unpruned_test_acc": 0.94,
+            "params": params,
+            "params_unpruned": UNPRUNED_PARAMS,
+            "macs": macs,
+            "macs_unpruned": 1_304_000_000,
+            "flops": 2 * macs,
+            "flops_unpruned": 2_608_000_000,
+            "params_ratio": UNPRUNED_PARAMS / params,
+            "macs_ratio": 1_304_000_000 / macs,
+            "throughput_b1": 300.0,
+            "throughput_b1_unpruned": 150.0,
+            "speedup_b1": 2.0,
+            "throughput_b64": 9000.0,
+            "throughput_b64_unpruned": 3000.0,
+            "speedup_b64": 3.0,
+        }
+        if label == "0.5":  # a key a stage may not write: the report shows n/a instead of failing
+            del prune_metrics["throughput_b64"], prune_metrics["speedup_b64"]
+        write_json(layout.prune_reports(label) / "metrics.json", prune_metrics)
+        kept = [max(2, int(w * (1 - float(label)))) for w in WIDTHS]
+        write_csv(
+            layout.prune_reports(label) / "channels.csv",
+            [
+                {"layer": n, "channels_before": w, "channels_kept": k}
+                for n, w, k in zip(LAYERS, WIDTHS, kept, strict=True)
+            ],
+        )
+        write_csv(layout.finetune_reports(label) / "history.csv", history(7, sparsity_end=0.0))
+        finetune_metrics = {"best_epoch": 3, "val_acc": after, "test_acc": after, "final_test_acc": after - 0.001}
+        write_json(
+            layout.finetune_reports(label) / "metrics.json",
+            finetune_metrics | {"params": params, "macs": macs, "flops": 2 * macs, "meets_constraints": False},
+        )
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """One report run shared by the tests that only read its outputs (rendering takes a few seconds)."""
+    config = make_config(tmp_path_factory.mktemp("report"))
+    write_inputs(config)
+    assert stage.run(argparse.Namespace(), config) == 0
+    return config
+
+
+def test_every_figure_is_a_png(written: Config) -> None:
+    figures = Path(written.paths.reports) / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == sorted(report.FIGURES)
+    for name in report.FIGURES:
+        data = (figures / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, name
+
+
+def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Config) -> None:
+    summary = pd.read_csv(Path(written.paths.reports) / "summary.csv").set_index("model")
+    assert list(summary.index) == [
+        "unpruned",
+        "pruned 50%",
+        "pruned 50% + fine-tuned",
+        "pruned 90%",
+        "pruned 90% + fine-tuned",
+    ]
+    assert summary.loc["pruned 90% + fine-tuned", "test_acc"] == PRUNED["0.9"][1]
+    assert summary.loc["pruned 90%", "test_acc"] == PRUNED["0.9"][0]
+    assert summary.loc["unpruned", "test_acc"] == 0.94  # the train metrics of prune.lambda = 1e-4
+    assert summary.loc["unpruned", "params"] == UNPRUNED_PARAMS
+    assert summary.loc["unpruned", "throughput_b1"] == 150.0
+    assert summary.loc["pruned 90%", "macs"] == PRUNED["0.9"][2] * 40
+    assert summary.loc["pruned 90%", "flops"] == 2 * summary.loc["pruned 90%", "macs"]
+    assert list(summary["stage"]) == ["train", "prune", "finetune", "prune", "finetune"]
+    assert np.isnan(summary.loc["pruned 50%", "throughput_b64"])  # not written by the stage
+    # 0.9 fine-tuned meets both; 0.5 fine-tuned is accurate but too big; unpruned is too big; pruned 90% too weak
+    assert summary["meets_constraints"].to_dict() == {
+        "unpruned": False,
+        "pruned 50%": False,
+        "pruned 50% + fine-tuned": False,
+        "pruned 90%": False,
+        "pruned 90% + fine-tuned": True,
+    }
+
+
+def test_summary_json_holds_numbers_only_for_every_model(written: Config) -> None:
+    summary = json.loads((Path(written.paths.reports) / "summary.json").read_text())
+    assert set(summary) == {"unpruned", "pruned_0.5", "finetuned_0.5", "pruned_0.9", "finetuned_0.9"}
+    for model, values in summary.items():
+        assert {"test_acc", "params", "macs", "meets_constraints"} <= set(values), model
+        assert all(type(v) in (int, float) for v in values.values()), (model, values)
+    assert summary["finetuned_0.9"]["meets_constraints"] == 1
+    assert summary["finetuned_0.9"]["test_acc"] == PRUNED["0.9"][1]
+    assert "throughput_b64" not in summary["pruned_0.5"]
+
+
+def test_report_md_embeds_every_figure_and_lists_every_model(written: Config) -> None:
+    text = (Path(written.paths.reports) / "report.md").read_text()
+    for name in report.FIGURES:
+        assert f"](figures/{name})" in text
+    for model in ("unpruned", "pruned 50%", "pruned 90% + fine-tuned"):
+        assert f"| {model} |" in text
+    assert "23,520,842" in text and "91.20%" in text and "1,304.0 M" in text  # formatted numbers
+    assert "n/a" in text  # the missing batch-64 throughput of the 0.5 model
+    assert "0.0123" in text and "2.00×" in text  # threshold and realised speedup
+    assert "Best feasible model: **pruned 90% + fine-tuned**" in text
+
+
+def test_a_missing_input_gives_one_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    write_inputs(config)
+    missing = Layout(config.paths).finetune_reports("0.9") / "metrics.json"
+    missing.unlink()
+    before = tree(tmp_path)
+    with pytest.raises(ConfigError, match=r"finetune/0\.9/metrics\.json: missing; run `dvc repro` \(the finetune"):
+        stage.run(argparse.Namespace(), config)
+    assert tree(tmp_path) == before
+    assert not (Path(config.paths.reports) / "figures").exists()
+
+
+def test_the_cli_turns_a_missing_input_into_exit_code_2(tmp_path: Path, capsys) -> None:
+    params = tmp_path / "params.yaml"
+    write_params(params, params_dict(tmp_path))
+    assert cli_main(["report", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "history.csv: missing" in err and "\n" not in err
+
+
+def test_gamma_distribution_has_one_panel_per_lambda_on_shared_axes() -> None:
+    rng = np.random.default_rng(1)
+    gammas = {
+        lam: pd.DataFrame({"gamma": rng.normal(0, s, 200)}) for lam, s in zip(LAMBDAS, (0.01, 0.2, 1.0), strict=True)
+    }
+    fig = report.scaling_factor_distribution(gammas, threshold=1e-2)
+    axes = fig.axes
+    assert len(axes) == len(LAMBDAS)
+    assert [ax.get_title().split(":")[0] for ax in axes] == [f"λ = {lam}" for lam in LAMBDAS]
+    assert len({ax.get_xlim() for ax in axes}) == 1 and len({ax.get_ylim() for ax in axes}) == 1
+    assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes)
+
+
+@pytest.mark.parametrize(
+    ("acc", "params", "expected"),
+    [(0.90, 4_000_000, True), (0.8999, 1, False), (0.95, 4_000_001, False), (None, 1, None)],
+)
+def test_meets_constraints_needs_accuracy_and_params(acc, params, expected) -> None:
+    assert report.meets_constraints(make_config(Path("/tmp")).constraints, acc, params) is expected
+
+
+def test_model_names() -> None:
+    assert report.model_name("0.5", finetuned=False) == "pruned 50%"
+    assert report.model_name("budget", finetuned=False) == "pruned (budget)"
+    assert report.model_name("0.9", finetuned=True) == "pruned 90% + fine-tuned"
