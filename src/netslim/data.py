@@ -204,14 +204,7 @@ def _locate_cifar10(path: str | None, raw_root: Path, download: bool) -> tuple[P
         return folder, f"raw: {folder}"
     if not download:
         raise DataError(f"{folder}: CIFAR-10 not found and data.download is false; {_CIFAR10_WAYS}")
-    try:
-        import torchvision
-
-        torchvision.datasets.CIFAR10(root=str(raw_root), download=True)
-    except Exception as e:  # no network shows up as URLError, OSError or RuntimeError depending on where
-        raise DataError(
-            f"{folder}: CIFAR-10 download failed ({type(e).__name__}: {str(e)[:80]}); offline? {_CIFAR10_WAYS}"
-        ) from None
+    _torchvision_download("CIFAR10", "CIFAR-10", raw_root, folder, _CIFAR10_WAYS)
     return folder, f"download: torchvision into {folder}"
 
 
@@ -301,15 +294,7 @@ def _locate_fashion_mnist(path: str | None, raw_root: Path, download: bool) -> t
     folder = raw_root / "FashionMNIST" / "raw"
     if not download:
         raise DataError(f"Fashion-MNIST not found in {FASHION_MNIST_DEBIAN_DIR} or {folder}; {_FASHION_MNIST_WAYS}")
-    try:
-        import torchvision
-
-        torchvision.datasets.FashionMNIST(root=str(raw_root), download=True)
-    except Exception as e:  # no network shows up as URLError, OSError or RuntimeError depending on where
-        raise DataError(
-            f"{folder}: Fashion-MNIST download failed ({type(e).__name__}: {str(e)[:80]}); offline? "
-            f"{_FASHION_MNIST_WAYS}"
-        ) from None
+    _torchvision_download("FashionMNIST", "Fashion-MNIST", raw_root, folder, _FASHION_MNIST_WAYS)
     files = _fashion_files(folder)
     if files is None:
         raise DataError(f"{folder}: the download left no idx files; {_FASHION_MNIST_WAYS}")
@@ -520,3 +505,15 @@ def pil_reference_crop_flip(
             img = tf.hflip(img)
         out.append(torch.from_numpy(np.array(img)))
     return torch.stack(out) if out else images_uint8_nhwc.cpu().clone()
+
+
+def _torchvision_download(dataset_class: str, name: str, raw_root: Path, folder: Path, ways: str) -> None:
+    """Download with torchvision's own dataset class; any failure becomes one DataError line."""
+    try:
+        import torchvision
+
+        getattr(torchvision.datasets, dataset_class)(root=str(raw_root), download=True)
+    except Exception as e:  # no network shows up as URLError, OSError or RuntimeError depending on where
+        raise DataError(
+            f"{folder}: {name} download failed ({type(e).__name__}: {str(e)[:80]}); offline? {ways}"
+        ) from None
