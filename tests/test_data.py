@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import pickle
 import struct
@@ -34,6 +35,32 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 # ---- writing tiny datasets in their own formats -------------------------------------------------
 
 
+class Py2Pickler(pickle._Pickler):
+    """Pickles bytes the way Python 2 pickled its str, as CIFAR-10's own files were written.
+
+    Python 3 pickles bytes at protocol 2 as a call to _codecs.encode; the real batches hold plain
+    (SHORT_)BINSTRING opcodes instead, which `encoding="bytes"` reads as bytes and `encoding="latin1"`
+    (torchvision's choice) as str. The dict keys and numpy's raw pixel buffer are such strings.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def py2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
 def write_cifar(folder: Path, per_batch: int = 12, n_test: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
     """A tiny cifar-10-batches-py folder in CIFAR's pickle format; returns all rows and labels."""
     folder.mkdir(parents=True)
@@ -44,11 +71,11 @@ def write_cifar(folder: Path, per_batch: int = 12, n_test: int = 10, seed: int =
     for i in range(5):
         part = slice(i * per_batch, (i + 1) * per_batch)
         batch = {b"data": rows[part], b"labels": labels[part].tolist(), b"batch_label": b"training batch"}
-        (folder / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / f"data_batch_{i + 1}").write_bytes(py2_pickle(batch))
     test = {b"data": rows[5 * per_batch :], b"labels": labels[5 * per_batch :].tolist()}
-    (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
+    (folder / "test_batch").write_bytes(py2_pickle(test))
     meta = {b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_cases_per_batch": per_batch}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "batches.meta").write_bytes(py2_pickle(meta))
     return {"rows": rows, "labels": labels, "n_train": 5 * per_batch}
 
 
@@ -394,3 +421,92 @@ def test_normalize_centres_the_data_it_was_fitted_on():
     assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-4
     assert (x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
     assert torch.allclose(x[3, 2, 5, 7], (images[3, 5, 7, 2] / 255 - mean[2]) / std[2])
+
+
+# ---- the torchvision download path, against a real HTTP server on 127.0.0.1 ---------------------
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """Serve a folder over real HTTP on a free port of 127.0.0.1; yields (folder, base URL)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_cifar_download_goes_through_torchvision(tmp_path, http_folder, monkeypatch):
+    # torchvision's own CIFAR10.download runs; only where it fetches from (and the checksums of the tiny
+    # archive served instead of the real one) point at the local server.
+    import torchvision
+
+    served, url = http_folder
+    raw = write_cifar(tmp_path / "src" / "cifar-10-batches-py")
+    archive = tar_cifar(tmp_path / "src" / "cifar-10-batches-py", served / "cifar-10-python.tar.gz")
+    cls = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cls, "url", url + archive.name)
+    monkeypatch.setattr(cls, "tgz_md5", _md5(archive))
+    batches = tmp_path / "src" / "cifar-10-batches-py"
+    monkeypatch.setattr(
+        cls, "train_list", [[f"data_batch_{i}", _md5(batches / f"data_batch_{i}")] for i in range(1, 6)]
+    )
+    monkeypatch.setattr(cls, "test_list", [["test_batch", _md5(batches / "test_batch")]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": _md5(batches / "batches.meta")})
+
+    train, test, classes = load_cifar10(None, tmp_path / "raw", download=True)
+    assert (tmp_path / "raw" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    assert classes == CIFAR_CLASSES and len(train.labels) == raw["n_train"] and len(test.labels) == 10
+    assert train.labels.tolist() == raw["labels"][: raw["n_train"]].tolist()
+
+
+def test_download_that_fails_is_one_line_naming_the_other_ways(tmp_path, http_folder, monkeypatch):
+    import torchvision
+
+    _, url = http_folder  # the server holds nothing: every request is a 404, as offline as it gets quickly
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", url + "cifar-10-python.tar.gz")
+    with pytest.raises(DataError) as e:
+        load_cifar10(None, tmp_path / "raw", download=True)
+    message = str(e.value)
+    assert "CIFAR-10 download failed" in message and "data.cifar10_path" in message and "\n" not in message
+
+    monkeypatch.setattr(data_mod, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [url])
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(None, tmp_path / "raw", download=True)
+    assert "Fashion-MNIST download failed" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_fashion_mnist_download_goes_through_torchvision(tmp_path, http_folder, monkeypatch):
+    import torchvision
+
+    served, url = http_folder
+    write_fmnist(served, n_train=30, n_test=8)
+    cls = torchvision.datasets.FashionMNIST
+    monkeypatch.setattr(data_mod, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(cls, "mirrors", [url])
+    monkeypatch.setattr(cls, "resources", [(name, _md5(served / name)) for name, _ in cls.resources])
+
+    train, test, classes = load_fashion_mnist(None, tmp_path / "raw", download=True)
+    assert (tmp_path / "raw" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert train.images.shape == (30, 32, 32, 3) and test.images.shape == (8, 32, 32, 3)
+    assert len(classes) == 10

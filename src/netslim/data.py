@@ -515,5 +515,5 @@ def _torchvision_download(dataset_class: str, name: str, raw_root: Path, folder:
         getattr(torchvision.datasets, dataset_class)(root=str(raw_root), download=True)
     except Exception as e:  # no network shows up as URLError, OSError or RuntimeError depending on where
         raise DataError(
-            f"{folder}: {name} download failed ({type(e).__name__}: {str(e)[:80]}); offline? {ways}"
+            f"{folder}: {name} download failed ({type(e).__name__}: {' '.join(str(e).split())[:100]}); offline? {ways}"
         ) from None
