@@ -152,6 +152,10 @@ class ConstraintsConfig:
     min_accuracy: float = 0.90  # test accuracy of the fine-tuned model
     max_params: int = 4_000_000
 
+    def met_by(self, accuracy: float, params: float) -> bool:
+        """Whether a model with this accuracy and parameter count meets both constraints."""
+        return accuracy >= self.min_accuracy and params <= self.max_params
+
 
 @dataclass(frozen=True)
 class RuntimeConfig:

@@ -23,7 +23,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from netslim.data import PreparedData, Split, normalize, random_crop_flip
+from netslim.distributed import local_rank
 from netslim.io import CheckpointError, load_checkpoint, save_torch
 from netslim.models import unwrap
 from netslim.slimming.sparsity import add_l1_subgradient, sparsity
@@ -100,8 +100,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"experiment.device: {name!r} but CUDA is not available; use auto or cpu")
     if device.type == "cuda" and device.index is None:
         # LOCAL_RANK, not the global rank: on the second node rank 8 is that node's GPU 0.
-        local = int(os.environ.get("LOCAL_RANK", "0"))  # set by torchrun only
-        device = torch.device("cuda", local % torch.cuda.device_count())
+        device = torch.device("cuda", local_rank() % torch.cuda.device_count())
     return device
 
 

@@ -97,7 +97,7 @@ def meets_constraints(constraints: ConstraintsConfig, test_acc: float | None, pa
     """Accuracy AND params within the constraints; None when either is unknown (shown as n/a, never as a pass)."""
     if test_acc is None or params is None:
         return None
-    return test_acc >= constraints.min_accuracy and params <= constraints.max_params
+    return constraints.met_by(test_acc, params)
 
 
 def fmt_acc(value: float | None) -> str:

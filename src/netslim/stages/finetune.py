@@ -22,10 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last finished epoch if saved")
 
 
-def meets_constraints(config: Config, test_acc: float, params: int) -> bool:
-    return test_acc >= config.constraints.min_accuracy and params <= config.constraints.max_params
-
-
 def run(args: argparse.Namespace, config: Config) -> int:
     """Under torchrun, the whole stage runs inside the process group (docs/distributed.md)."""
     with distributed.session(config.experiment.device):
@@ -73,7 +69,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             "params": summary["params"],
             "macs": summary["macs"],
             "flops": summary["flops"],
-            "meets_constraints": meets_constraints(config, best["test_acc"], summary["params"]),
+            "meets_constraints": config.constraints.met_by(best["test_acc"], summary["params"]),
         }
         out = layout.finetuned(label)
         save_model(
