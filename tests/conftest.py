@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Stage commands that tests run through `dvc repro` call `netslim`: take this interpreter's, venv or not.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def committed_text(relative: str) -> str:
+    """A project file as committed (HEAD), not as the workspace has it: `make demo`, an experiment or a user's
+    edit may change params.yaml in the workspace, and no test may depend on that. Outside a git checkout (an
+    unpacked sdist) the file itself is all there is."""
+    try:
+        return subprocess.run(
+            ["git", "show", f"HEAD:{relative}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return (ROOT / relative).read_text()
+
+
+def committed_params(folder: Path) -> Path:
+    """The committed params.yaml (the seed experiment), copied into `folder`; see `committed_text`."""
+    path = folder / "params.yaml"
+    path.write_text(committed_text("params.yaml"))
+    return path
 
 
 def easy_images(labels: np.ndarray, seed: int, size: int = 28, channels: int | None = None) -> np.ndarray:
@@ -77,7 +97,7 @@ def write_params(path: Path, params: dict) -> Path:
 
 def tiny_params(tmp: Path, fmnist: Path, **sections) -> dict:
     """The real params.yaml shrunk: tiny data, a tiny ResNet-50, one epoch, CPU, no tracking."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed_text("params.yaml"))
     params["experiment"].update(device="cpu", deterministic=True)
     params["data"].update(dataset="fashion-mnist", fashion_mnist_path=str(fmnist), download=False, val_size=64)
     params["model"].update(width=0.0625)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params, write_fashion_mnist, write_params
+from conftest import ROOT, committed_params, tiny_params, write_fashion_mnist, write_params
 from netslim import cli
 from netslim.ci_report import MARKER, Diff, render
 
@@ -112,7 +112,7 @@ def test_nothing_changed_says_so_and_a_base_without_metrics_is_named():
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, base, expected):
     # a git repo without `dvc init`: dvc's own diff would print {} there, which must not read as "no change"
-    shutil.copy(ROOT / "params.yaml", tmp_path)
+    committed_params(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "empty"], cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)

@@ -1,30 +1,27 @@
 """params.yaml is read into typed dataclasses and every bad value is refused with the key named."""
 
-from pathlib import Path
-
 import pytest
 
+from conftest import committed_params, committed_text
 from netslim.config import ConfigError, config_from_dict, lambda_label, load_config, read_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_the_committed_params_file_is_the_seed_experiment():
-    c = load_config(ROOT / "params.yaml")
+def test_the_committed_params_file_is_the_seed_experiment(tmp_path):
+    c = load_config(committed_params(tmp_path))
     assert (c.data.dataset, c.model.arch, c.model.width) == ("cifar10", "resnet50", 1.0)
     assert c.train.lambdas == ("1e-4", "1e-5", "0") and c.train.epochs == 40
     assert c.prune.ratios == (0.5, 0.9) and c.prune.lambda_ == "1e-4"
     assert (c.constraints.min_accuracy, c.constraints.max_params) == (0.90, 4_000_000)
 
 
-def test_the_demo_profile_only_overrides_known_keys():
-    overrides = read_yaml((ROOT / "profiles/demo.yaml").read_text())
-    c = load_config(ROOT / "params.yaml", overrides)
+def test_the_demo_profile_only_overrides_known_keys(tmp_path):
+    overrides = read_yaml(committed_text("profiles/demo.yaml"))
+    c = load_config(committed_params(tmp_path), overrides)
     assert c.data.dataset == "fashion-mnist" and c.model.width < 1
 
 
-def test_a_vgg_run_needs_one_changed_key():
-    assert load_config(ROOT / "params.yaml", {"model.arch": "vgg19"}).model.arch == "vgg19"
+def test_a_vgg_run_needs_one_changed_key(tmp_path):
+    assert load_config(committed_params(tmp_path), {"model.arch": "vgg19"}).model.arch == "vgg19"
 
 
 @pytest.mark.parametrize(
@@ -75,7 +72,7 @@ def test_flat_dict_has_every_key_once():
 
 def test_an_unquoted_lambda_is_refused_because_dvc_would_read_it_as_another_number(tmp_path):
     # DVC (YAML 1.2) reads a bare 1e-4 as 0.0001, so its `${item}` folder would not be ours: refuse early.
-    text = (ROOT / "params.yaml").read_text().replace('lambdas: ["1e-4", "1e-5", "0"]', "lambdas: [1e-4, 1e-5, 0]")
+    text = committed_text("params.yaml").replace('lambdas: ["1e-4", "1e-5", "0"]', "lambdas: [1e-4, 1e-5, 0]")
     assert "lambdas: [1e-4, 1e-5, 0]" in text
     unquoted = tmp_path / "params.yaml"
     unquoted.write_text(text)

@@ -113,3 +113,22 @@ def test_push_then_pull_restores_identical_checkpoints(project):
     shutil.rmtree(project / "models")
     run([DVC, "pull"], project)
     assert {p: sha(p) for p in checkpoints} == before
+
+
+def test_the_demo_runs_as_an_experiment_and_leaves_params_yaml_byte_identical(project):
+    """`make demo` = `python -m netslim.demo`: a DVC experiment with the profile's overrides; params.yaml stays."""
+    (project / "profiles").mkdir(exist_ok=True)
+    (project / "profiles" / "demo.yaml").write_text("finetune.lr: 2.0e-3  # only fine-tuning and the report rerun\n")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "demo profile"], project)
+    before = (project / "params.yaml").read_bytes()
+
+    output = run([sys.executable, "-m", "netslim.demo"], project)
+
+    assert (project / "params.yaml").read_bytes() == before
+    stages = ran_stages(output)
+    assert stages and all(s.startswith("finetune") or s == "report" for s in stages), stages
+    assert "pruned 90% + fine-tuned" in output  # the comparison table is printed
+    assert run([DVC, "exp", "list", "--name-only"], project).split(), "dvc exp show lists the demo"
+    # the workspace outputs are the demo's, and DVC says they were made with other params than params.yaml's
+    assert "finetune.lr" in run([DVC, "status"], project)

@@ -64,7 +64,7 @@ def write_inputs(config: Config) -> None:
     for i, lam in enumerate(LAMBDAS):
         folder = layout.train_reports(lam)
         write_csv(folder / "history.csv", history(i, sparsity_end=[0.6, 0.2, 0.0][i]))
-        scale = [0.02, 0.3, 1.0][i]  # a larger λ pushes more γ towards zero
+        scale = [0.01, 0.3, 1.0][i]  # a larger λ pushes more γ towards zero
         gammas = [
             {"layer": layer, "channel": c, "gamma": float(abs(rng.normal(0, scale)))}
             for layer, width in zip(LAYERS, WIDTHS, strict=True)
@@ -81,8 +81,10 @@ def write_inputs(config: Config) -> None:
             "ratio_used": float(label),
             "threshold": 0.0123,
             "test_acc_before_finetune": before,
-            "test_acc_with_compensation": before,
-            "test_acc_without_compensation": before - 0.2,
+            "test_acc_plain": before - 0.3,
+            "test_acc_compensated": before - 0.2,
+            "test_acc_recalibrated": before - 0.05,
+            "test_acc_compensated_recalibrated": before,
             "val_acc_before_finetune": before,
             "unpruned_test_acc": 0.94,
             "params": params,
@@ -145,7 +147,8 @@ def test_every_figure_is_a_png(written: Config) -> None:
 def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Config) -> None:
     summary = pd.read_csv(Path(written.paths.reports) / "summary.csv").set_index("model")
     assert list(summary.index) == [
-        "unpruned",
+        "unpruned (λ = 0)",
+        "unpruned (λ = 1e-4)",
         "pruned 50%",
         "pruned 50% + fine-tuned",
         "pruned 90%",
@@ -153,16 +156,18 @@ def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Confi
     ]
     assert summary.loc["pruned 90% + fine-tuned", "test_acc"] == PRUNED["0.9"][1]
     assert summary.loc["pruned 90%", "test_acc"] == PRUNED["0.9"][0]
-    assert summary.loc["unpruned", "test_acc"] == 0.94  # the train metrics of prune.lambda = 1e-4
-    assert summary.loc["unpruned", "params"] == UNPRUNED_PARAMS
-    assert summary.loc["unpruned", "throughput_b1"] == 150.0
+    assert summary.loc["unpruned (λ = 1e-4)", "test_acc"] == 0.94  # the train metrics of prune.lambda = 1e-4
+    assert summary.loc["unpruned (λ = 0)", "test_acc"] == pytest.approx(0.92)  # the train metrics of λ = 0
+    assert summary.loc["unpruned (λ = 1e-4)", "params"] == UNPRUNED_PARAMS
+    assert summary.loc["unpruned (λ = 1e-4)", "throughput_b1"] == 150.0
     assert summary.loc["pruned 90%", "macs"] == PRUNED["0.9"][2] * 40
     assert summary.loc["pruned 90%", "flops"] == 2 * summary.loc["pruned 90%", "macs"]
-    assert list(summary["stage"]) == ["train", "prune", "finetune", "prune", "finetune"]
+    assert list(summary["stage"]) == ["train", "train", "prune", "finetune", "prune", "finetune"]
     assert np.isnan(summary.loc["pruned 50%", "throughput_b64"])  # not written by the stage
     # 0.9 fine-tuned meets both; 0.5 fine-tuned is accurate but too big; unpruned is too big; pruned 90% too weak
     assert summary["meets_constraints"].to_dict() == {
-        "unpruned": False,
+        "unpruned (λ = 0)": False,
+        "unpruned (λ = 1e-4)": False,
         "pruned 50%": False,
         "pruned 50% + fine-tuned": False,
         "pruned 90%": False,
@@ -172,7 +177,14 @@ def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Confi
 
 def test_summary_json_holds_numbers_only_for_every_model(written: Config) -> None:
     summary = json.loads((Path(written.paths.reports) / "summary.json").read_text())
-    assert set(summary) == {"unpruned", "pruned_0.5", "finetuned_0.5", "pruned_0.9", "finetuned_0.9"}
+    assert set(summary) == {
+        "unpruned_lambda_0",
+        "unpruned",
+        "pruned_0.5",
+        "finetuned_0.5",
+        "pruned_0.9",
+        "finetuned_0.9",
+    }
     for model, values in summary.items():
         assert {"test_acc", "params", "macs", "meets_constraints"} <= set(values), model
         assert all(type(v) in (int, float) for v in values.values()), (model, values)
@@ -185,7 +197,7 @@ def test_report_md_embeds_every_figure_and_lists_every_model(written: Config) ->
     text = (Path(written.paths.reports) / "report.md").read_text()
     for name in report.FIGURES:
         assert f"](figures/{name})" in text
-    for model in ("unpruned", "pruned 50%", "pruned 90% + fine-tuned"):
+    for model in ("unpruned (λ = 1e-4)", "unpruned (λ = 0)", "pruned 50%", "pruned 90% + fine-tuned"):
         assert f"| {model} |" in text
     assert "23,520,842" in text and "91.20%" in text and "1,304.0 M" in text  # formatted numbers
     assert "n/a" in text  # the missing batch-64 throughput of the 0.5 model
@@ -238,3 +250,16 @@ def test_model_names() -> None:
     assert report.model_name("0.5", finetuned=False) == "pruned 50%"
     assert report.model_name("budget", finetuned=False) == "pruned (budget)"
     assert report.model_name("0.9", finetuned=True) == "pruned 90% + fine-tuned"
+
+
+def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> None:
+    text = (Path(written.paths.reports) / "report.md").read_text()
+    layout = Layout(written.paths)
+    for lam in LAMBDAS:
+        gammas = pd.read_csv(layout.train_reports(lam) / "gammas.csv")["gamma"].abs()
+        assert f"λ = {lam}: {(gammas < report.SMALL_GAMMA).mean():.0%} (median |γ|" in text
+    # four ways right after pruning, the saved one (compensation + recalibration by default) in bold
+    assert "| pruned 90% | 0.9000 | 0.0123 | 94.00% | 12.00% | 22.00% | 37.00% | **42.00%** |" in text
+    assert "pruned 90%: the sparse model scores 94.0%; plain surgery 12.0% (-82.0 points)" in text
+    assert "pruned 90%: 42.0% right after pruning, 91.2% after 3 fine-tuning epochs" in text
+    assert "pruned 90% + fine-tuned: 91.2% (-0.8 points against unpruned (λ = 0))" in text

@@ -23,7 +23,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import ROOT, tiny_params, write_fashion_mnist, write_params
+from conftest import ROOT, committed_params, tiny_params, write_fashion_mnist, write_params
 from netslim.cli import main
 from netslim.config import load_config
 from netslim.search import (
@@ -187,7 +187,7 @@ def test_an_infeasible_trial_with_higher_accuracy_is_never_chosen(tmp_path):
 
 
 def test_without_feasible_trials_the_closest_is_shown_and_said_to_be_infeasible(tmp_path):
-    config = load_config(ROOT / "params.yaml")
+    config = load_config(committed_params(tmp_path))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize", study_name="s")
     study.add_trial(_trial(0.99, accuracy=-0.09, params=0.5))
     study.add_trial(_trial(0.85, accuracy=0.05, params=-0.5, lam="1e-5"))  # the smallest violation
@@ -202,8 +202,7 @@ def test_without_feasible_trials_the_closest_is_shown_and_said_to_be_infeasible(
 def test_printed_command_sets_the_best_values_through_dvcs_own_override_parser(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
-    params = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", params)
+    params = committed_params(tmp_path)
     words = shlex.split(exp_run_command("5.623413e-5", 0.0012345678, 0.9))
     assert words[:3] == ["dvc", "exp", "run"]
     apply_overrides(params, [words[i + 1] for i, w in enumerate(words) if w == "-S"])

@@ -113,6 +113,9 @@ class DataConfig:
 class ModelConfig:
     arch: str = "resnet50"
     width: float = 1.0  # scales every default channel count; < 1 for quick runs
+    # Initial BN scale γ before sparsity training; None = PyTorch's 1.0. The reference code fills every γ with 0.5:
+    # the L1 term then starts nearer zero, so fewer steps drive unimportant channels there.
+    bn_init: float | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ class PruneConfig:
     target_params: int | None = None  # for a "budget" entry: the smallest ratio whose model fits this many params
     min_channels: int = 2  # no prunable layer keeps fewer channels than this
     bias_compensation: bool = True  # fold relu(β) of removed channels into the next layer
+    # Training batches (no augmentation, no gradients) that re-estimate every BN's running mean and variance after
+    # surgery ("adaptive BN", EagleEye 2020); 0 keeps the statistics copied from the unpruned model.
+    recalibration_batches: int = 20
 
 
 @dataclass(frozen=True)
@@ -374,6 +380,14 @@ def validate(c: Config) -> None:
     _require(
         BUDGET not in labels or c.prune.target_params is not None,
         'prune.ratios: "budget" needs prune.target_params set to a parameter count, e.g. 4000000',
+    )
+    _require(
+        c.model.bn_init is None or 0 < c.model.bn_init <= 10,
+        f"model.bn_init: {c.model.bn_init} must be in (0, 10], e.g. 0.5, or null for PyTorch's 1.0",
+    )
+    _require(
+        c.prune.recalibration_batches >= 0,
+        f"prune.recalibration_batches: {c.prune.recalibration_batches} must be >= 0 (0 turns recalibration off)",
     )
     _require(c.prune.min_channels >= 1, f"prune.min_channels: {c.prune.min_channels} must be >= 1")
     _require(

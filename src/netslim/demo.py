@@ -2,21 +2,27 @@
 
 The demo is the same dvc.yaml as the seed experiment with the overrides in profiles/demo.yaml, run
 as a DVC experiment (`dvc exp run -S key=value ...`), so no stage is defined twice and `dvc exp show`
-lists it beside later experiments.
+lists it beside later experiments. `dvc exp run -S` writes the overrides into params.yaml; the demo
+puts the file back byte for byte afterwards (whatever happened), so params.yaml stays the user's own
+experiment: a later `dvc repro` runs that, not the demo, and `dvc status` says the outputs are the demo's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from netslim.config import read_yaml
+from netslim.io import atomic_write_bytes
 
 PROFILE = Path("profiles/demo.yaml")
+PARAMS = Path("params.yaml")
 
 
 def set_args(profile: Path = PROFILE) -> list[str]:
@@ -28,11 +34,23 @@ def set_args(profile: Path = PROFILE) -> list[str]:
     return args
 
 
+@contextlib.contextmanager
+def restored(path: Path) -> Iterator[None]:
+    """Put `path` back byte for byte as it was when the block ends, however it ends."""
+    before = path.read_bytes()
+    try:
+        yield
+    finally:
+        if not path.is_file() or path.read_bytes() != before:
+            atomic_write_bytes(path, before)
+
+
 def main() -> int:
     env = os.environ | {"NETSLIM_PIPELINE_ID": f"demo-{uuid.uuid4().hex[:8]}"}
     cmd = ["dvc", "exp", "run", *set_args()]
     print("+", " ".join(cmd), flush=True)
-    result = subprocess.run(cmd, env=env, check=False)
+    with restored(PARAMS):
+        result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
         return result.returncode
     summary = Path("reports/summary.csv")

@@ -25,38 +25,24 @@ DPI = 120
 NA = "n/a"
 STAGE_COLORS = {"train": "tab:gray", "prune": "tab:orange", "finetune": "tab:green"}
 
-# Figure file -> (heading, one-sentence caption saying what to look at); report.md embeds them in this order.
+# Figure file -> heading; report.md embeds them in this order, each with a caption computed from this run's numbers.
 FIGURES = {
-    "sparsity_training_accuracy.png": (
-        "Sparsity training",
-        "Train, validation and test accuracy per epoch of the sparsity training at the pruned λ: the L1 penalty "
-        "should cost little accuracy by the end.",
-    ),
-    "scaling_factor_distribution.png": (
-        "Scaling factors γ",
-        "Histograms of the prunable BN scaling factors after sparsity training, one panel per λ on the same axes: "
-        "a larger λ piles more γ up near zero, which is what makes those channels safe to remove.",
-    ),
-    "sparsity_vs_accuracy.png": (
-        "Sparsity against accuracy",
-        "Share of channels with |γ| below the sparsity threshold next to the training accuracy, per epoch and λ: "
-        "sparsity grows with λ while accuracy should keep up.",
-    ),
-    "channels_per_layer.png": (
-        "Channels per layer",
-        "Channels kept in each prunable layer at every prune ratio against the unpruned widths: the global "
-        "threshold prunes some layers far more than others.",
-    ),
-    "finetune_accuracy.png": (
-        "Fine-tuning",
-        "Train and test accuracy per epoch of fine-tuning each pruned model, starting from its accuracy right "
-        "after pruning (epoch 0), with the accuracy constraint as a dashed line.",
-    ),
-    "model_comparison.png": (
-        "Model comparison",
-        "Accuracy, parameters, MACs, measured throughput and speedup of every model, with the constraint lines: "
-        "a feasible model sits right of the accuracy line and left of the parameter line.",
-    ),
+    "sparsity_training_accuracy.png": "Sparsity training",
+    "scaling_factor_distribution.png": "Scaling factors γ",
+    "sparsity_vs_accuracy.png": "Sparsity against accuracy",
+    "channels_per_layer.png": "Channels per layer",
+    "finetune_accuracy.png": "Fine-tuning",
+    "model_comparison.png": "Model comparison",
+}
+BASELINE = "unpruned_lambda_0"  # summary key of the model trained with λ = 0, when the pruned λ is another
+SMALL_GAMMA = 0.05  # |γ| below this counts as "near zero" in the captions (the issue's and the paper's eye-ball line)
+SEED_LAMBDA = 1e-4  # the λ of the 40-epoch seed experiment, against which a scaled demo λ is stated
+# How a pruned model was repaired right after surgery: prune metrics key suffix -> column title.
+REPAIRS = {
+    "plain": "plain surgery",
+    "compensated": "+ bias compensation",
+    "recalibrated": "+ BN recalibration",
+    "compensated_recalibrated": "+ both",
 }
 
 
@@ -156,19 +142,22 @@ def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, An
     train = inputs.train_metrics[config.prune.lambda_]
     ref = _reference(inputs)
     macs = number(ref, "macs_unpruned")
-    rows = {
-        "unpruned": {
-            "model": "unpruned",
-            "stage": "train",
-            "ratio": 0.0,
-            "test_acc": number(train, "test_acc"),
-            "params": number(train, "params") or number(ref, "params_unpruned"),
-            "macs": macs,
-            "flops": number(ref, "flops_unpruned") or (2 * macs if macs is not None else None),
-            "throughput_b1": number(ref, "throughput_b1_unpruned"),
-            "throughput_b64": number(ref, "throughput_b64_unpruned"),
-        }
+    unpruned = {
+        "stage": "train",
+        "ratio": 0.0,
+        "params": number(train, "params") or number(ref, "params_unpruned"),
+        "macs": macs,
+        "flops": number(ref, "flops_unpruned") or (2 * macs if macs is not None else None),
+        "throughput_b1": number(ref, "throughput_b1_unpruned"),
+        "throughput_b64": number(ref, "throughput_b64_unpruned"),
     }
+    rows = {}
+    baseline = inputs.train_metrics.get("0")
+    if baseline is not None and config.prune.lambda_ != "0":
+        # The same architecture trained without the penalty: what the sparse and pruned models are measured against.
+        rows[BASELINE] = {"model": "unpruned (λ = 0)", "test_acc": number(baseline, "test_acc")} | unpruned
+    rows["unpruned"] = {"model": f"unpruned (λ = {config.prune.lambda_})", "test_acc": number(train, "test_acc")}
+    rows["unpruned"] |= unpruned
     for label, pm in inputs.prune_metrics.items():
         fm = inputs.finetune_metrics[label]
         # Fine-tuning changes weights, not shapes: the pruned model's measured throughput is the fine-tuned one's.
@@ -416,18 +405,20 @@ def markdown_table(header: list[str], rows: list[list[str]], numbers: bool = Tru
     return "\n".join(lines)
 
 
-def _settings(config: Config) -> str:
+def _settings(inputs: ReportInputs, config: Config) -> str:
     c = config
     ratios = ", ".join(str(r) for r in c.prune.ratios)
     target = f" (budget: ≤ {c.prune.target_params:,} params)" if c.prune.target_params else ""
     items = [
         ("dataset", c.data.dataset),
         ("architecture", f"{c.model.arch}, width × {c.model.width:g}"),
-        ("λ of sparsity training", ", ".join(c.train.lambdas)),
+        ("λ of sparsity training", ", ".join(c.train.lambdas) + lambda_scale_note(inputs, c)),
         ("λ of the pruned model", c.prune.lambda_),
         ("prune ratios", ratios + target),
         ("epochs", f"{c.train.epochs} sparsity training, {c.finetune.epochs} fine-tuning"),
+        ("initial BN γ", "1.0 (PyTorch's default)" if c.model.bn_init is None else f"{c.model.bn_init:g}"),
         ("bias compensation", fmt_bool(c.prune.bias_compensation)),
+        ("BN recalibration", f"{c.prune.recalibration_batches} batches" if c.prune.recalibration_batches else "off"),
         ("constraints", f"test accuracy ≥ {c.constraints.min_accuracy:.0%}, params ≤ {c.constraints.max_params:,}"),
     ]
     return markdown_table(["setting", "value"], [[k, v] for k, v in items], numbers=False)
@@ -451,20 +442,20 @@ def _comparison(rows: list[dict[str, Any]]) -> str:
     return markdown_table(header, cells)
 
 
-def _pruning(prune_metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    header = ["pruned model", "ratio used", "γ threshold", "unpruned acc", "with compensation", "without"]
+def _pruning(prune_metrics: Mapping[str, Mapping[str, Any]], saved: str) -> str:
+    header = ["pruned model", "ratio used", "γ threshold", "sparse model", *REPAIRS.values()]
     cells = []
     for label, m in prune_metrics.items():
         threshold = number(m, "threshold")
         ratio = number(m, "ratio_used")
+        repairs = [fmt_acc(number(m, f"test_acc_{key}")) for key in REPAIRS]
         cells.append(
             [
                 model_name(label, finetuned=False),
                 NA if ratio is None else f"{ratio:.4f}",
                 NA if threshold is None else f"{threshold:.4g}",
                 fmt_acc(number(m, "unpruned_test_acc")),
-                fmt_acc(number(m, "test_acc_with_compensation")),
-                fmt_acc(number(m, "test_acc_without_compensation")),
+                *(f"**{v}**" if key == saved else v for key, v in zip(REPAIRS, repairs, strict=True)),
             ]
         )
     return markdown_table(header, cells)
@@ -502,23 +493,168 @@ def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> lis
     return lines
 
 
+def saved_repair(config: Config) -> str:
+    """The REPAIRS key of the pruned model the prune stage saves (and fine-tuning starts from)."""
+    compensated, recalibrated = config.prune.bias_compensation, config.prune.recalibration_batches > 0
+    return list(REPAIRS)[int(compensated) + 2 * int(recalibrated)]
+
+
+def _pct(value: float | None) -> str:
+    return NA if value is None else f"{value * 100:.1f}%"
+
+
+def _points(a: float | None, b: float | None) -> str:
+    """a - b in percentage points, signed."""
+    return NA if a is None or b is None else f"{(a - b) * 100:+.1f} points"
+
+
+def lambda_scale_note(inputs: ReportInputs, config: Config) -> str:
+    """Says when this run's λ is scaled up from the seed experiment's for a short schedule."""
+    largest = max(float(lam) for lam in config.train.lambdas)
+    steps = number(inputs.train_metrics.get(config.prune.lambda_, {}), "steps")
+    if largest <= SEED_LAMBDA or steps is None:
+        return ""
+    return (
+        f" (scaled for {round(steps):,} steps per λ: the 40-epoch seed experiment, about 14,000 steps, uses "
+        f"{SEED_LAMBDA:g}; this short run needs up to ×{largest / SEED_LAMBDA:g} to move γ as far)"
+    )
+
+
+def _gamma_shares(inputs: ReportInputs) -> dict[str, tuple[float, float]]:
+    """Per λ: (share of |γ| below SMALL_GAMMA, median |γ|)."""
+    out = {}
+    for lam, df in inputs.gammas.items():
+        g = np.abs(df["gamma"].to_numpy(dtype=float)) if "gamma" in df else np.array([])
+        if g.size:
+            out[lam] = (float(np.mean(g < SMALL_GAMMA)), float(np.median(g)))
+    return out
+
+
+def pruning_text(inputs: ReportInputs) -> str:
+    """One sentence per pruned model: what each repair after surgery bought, against the sparse model."""
+    lines = []
+    for label, m in inputs.prune_metrics.items():
+        sparse = number(m, "unpruned_test_acc")
+        values = {key: number(m, f"test_acc_{key}") for key in REPAIRS}
+        known = {k: v for k, v in values.items() if v is not None}
+        if sparse is None or not known:
+            continue
+        best = max(known, key=known.get)
+        lines.append(
+            f"- {model_name(label, finetuned=False)}: the sparse model scores {_pct(sparse)}; plain surgery "
+            f"{_pct(values['plain'])} ({_points(values['plain'], sparse)}), best with {REPAIRS[best]} at "
+            f"{_pct(known[best])} ({_points(known[best], sparse)})."
+        )
+    return "\n".join(lines)
+
+
+def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """What each figure shows in this run, from its numbers."""
+    lam = config.prune.lambda_
+    texts: dict[str, str] = {}
+
+    h = inputs.train_history.get(lam, pd.DataFrame())
+    best = number(inputs.train_metrics.get(lam, {}), "best_epoch")
+    text = f"Sparsity training at λ = {lam}, accuracy per epoch."
+    if len(h) and best is not None:
+        at_best = h.loc[h["epoch"] == int(best), "test_acc"]
+        text += (
+            f" Test accuracy went from {_pct(float(h['test_acc'].iloc[0]))} after epoch 1 to "
+            f"{_pct(float(at_best.iloc[0]) if len(at_best) else None)} at the best validation epoch "
+            f"({int(best)} of {len(h)})"
+        )
+        if BASELINE in rows:
+            text += f"; the same network trained without the penalty (λ = 0) reached {_pct(rows[BASELINE]['test_acc'])}"
+        text += "."
+    texts["sparsity_training_accuracy.png"] = text
+
+    shares = _gamma_shares(inputs)
+    texts["scaling_factor_distribution.png"] = (
+        f"Prunable BN scaling factors after sparsity training, one panel per λ on shared axes (log count). "
+        f"Share of |γ| below {SMALL_GAMMA:g}: "
+        + "; ".join(f"λ = {k}: {v[0]:.0%} (median |γ| {v[1]:.3g})" for k, v in shares.items())
+        + "."
+    )
+
+    last = {k: df.iloc[-1] for k, df in inputs.train_history.items() if len(df)}
+    texts["sparsity_vs_accuracy.png"] = (
+        f"Share of prunable channels with |γ| < {config.train.sparsity_threshold:g} and training accuracy per epoch. "
+        "At the last epoch: "
+        + "; ".join(
+            f"λ = {k}: {r['sparsity']:.0%} sparse at {_pct(float(r['train_acc']))} training accuracy"
+            for k, r in last.items()
+        )
+        + "."
+    )
+
+    parts = []
+    for label, df in inputs.channels.items():
+        if not len(df):
+            continue
+        share = df["channels_kept"] / df["channels_before"]
+        most, least = df.loc[share.idxmin()], df.loc[share.idxmax()]
+        parts.append(
+            f"{model_name(label, finetuned=False)} keeps {int(df['channels_kept'].sum()):,} of "
+            f"{int(df['channels_before'].sum()):,} prunable channels ({most['layer']} keeps {most['channels_kept']} "
+            f"of {most['channels_before']}, {least['layer']} {least['channels_kept']} of {least['channels_before']})"
+        )
+    texts["channels_per_layer.png"] = (
+        "Channels kept per prunable layer against the unpruned widths (one global |γ| threshold): "
+        + "; ".join(parts)
+        + "."
+    )
+
+    parts = []
+    for label, fh in inputs.finetune_history.items():
+        before = number(inputs.prune_metrics.get(label, {}), "test_acc_before_finetune")
+        after = number(inputs.finetune_metrics.get(label, {}), "test_acc")
+        parts.append(
+            f"{model_name(label, finetuned=False)}: {_pct(before)} right after pruning, {_pct(after)} after "
+            f"{len(fh)} fine-tuning epochs"
+        )
+    texts["finetune_accuracy.png"] = (
+        "Fine-tuning accuracy per epoch, from the pruned model's accuracy (×, epoch 0), with the accuracy "
+        f"constraint ({config.constraints.min_accuracy:.0%}) dashed: " + "; ".join(parts) + "."
+    )
+
+    reference = rows.get(BASELINE) or rows.get("unpruned", {})
+    parts = []
+    for label, m in inputs.prune_metrics.items():
+        tuned = rows.get(f"finetuned_{label}", {})
+        parts.append(
+            f"{model_name(label, finetuned=True)}: {_pct(tuned.get('test_acc'))} "
+            f"({_points(tuned.get('test_acc'), reference.get('test_acc'))} against "
+            f"{reference.get('model', 'unpruned')}) "
+            f"with {fmt_ratio(number(m, 'params_ratio'))} fewer parameters and {fmt_ratio(number(m, 'macs_ratio'))} "
+            f"fewer MACs, measured {fmt_ratio(number(m, 'speedup_b64'))} faster at batch 64"
+        )
+    texts["model_comparison.png"] = (
+        "Every model side by side with the constraint lines (grey: unpruned, orange: pruned, green: fine-tuned). "
+        + "; ".join(parts)
+        + "."
+    )
+    return texts
+
+
 def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, Any]]) -> str:
     """report.md: settings, tables and every figure (linked relative to the report, as GitHub renders it)."""
     c = config.constraints
     parts = [
         f"# Network Slimming report: {config.model.arch} on {config.data.dataset}",
         "## Settings",
-        _settings(config),
+        _settings(inputs, config),
         "## Models",
         _comparison(list(rows.values())),
         "Accuracy is on the test set (best validation epoch). MACs are per image; FLOPs = 2 × MACs. Throughput is "
         "measured in eval mode by the prune stage, the unpruned model timed interleaved with each pruned one; "
         "fine-tuning keeps the architecture, so a fine-tuned model's throughput is its pruned model's.",
         "## Pruning",
-        "Test accuracy right after pruning (before fine-tuning), with and without folding the removed "
-        "channels' bias into the next layer (bias compensation), at the global |γ| threshold and the share of "
-        "prunable channels it removed:",
-        _pruning(inputs.prune_metrics),
+        "Test accuracy right after pruning, before any fine-tuning, four ways: plain surgery; with the removed "
+        "channels' constant output relu(β) folded into the next layer (bias compensation); with every BN's running "
+        f"statistics re-estimated on {config.prune.recalibration_batches or 1} training batches (BN recalibration); "
+        "and with both. In bold the model that was saved and fine-tuned.",
+        _pruning(inputs.prune_metrics, saved_repair(config)),
+        pruning_text(inputs),
         "## Speed",
         "The speedup the MACs promise (MACs ratio) next to the speedup measured:",
         _speed(inputs.prune_metrics),
@@ -527,6 +663,7 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         "\n".join(_verdicts(list(rows.values()), c)),
         "## Figures",
     ]
-    for name, (heading, caption) in FIGURES.items():
-        parts += [f"### {heading}", f"![{heading}](figures/{name})", caption]
+    texts = captions(inputs, config, rows)
+    for name, heading in FIGURES.items():
+        parts += [f"### {heading}", f"![{heading}](figures/{name})", texts[name]]
     return "\n\n".join(parts) + "\n"

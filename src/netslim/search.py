@@ -44,6 +44,7 @@ from netslim.engine import TrainingDiverged, evaluate, fit, resolve_device, set_
 from netslim.io import CheckpointError, atomic_path, file_sha256, load_checkpoint, write_csv, write_json
 from netslim.measure import model_summary
 from netslim.models import build_model, model_from_checkpoint, save_model
+from netslim.slimming.sparsity import init_bn_scale
 from netslim.slimming.surgery import prune
 from netslim.stages.common import Layout, fit_settings
 
@@ -63,6 +64,7 @@ STUDY_SETTINGS = (
     "data.test_subset",
     "model.arch",
     "model.width",
+    "model.bn_init",
     "train.batch_size",
     "train.lr",
     "train.weight_decay",
@@ -258,7 +260,9 @@ def sparse_model(ctx: Context, lam: float, run: tracking.Tracker) -> tuple[nn.Mo
         except CheckpointError as e:
             print(f"warning: training λ={label} again: {e}", file=sys.stderr)
     torch.manual_seed(config.experiment.seed)
-    model = build_model(config.model.arch, ctx.data.num_classes, width=config.model.width)
+    model = init_bn_scale(
+        build_model(config.model.arch, ctx.data.num_classes, width=config.model.width), config.model.bn_init
+    )
     state_path = ctx.layout.state("search-train", label)
     try:
         result = fit(

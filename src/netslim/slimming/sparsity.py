@@ -34,3 +34,17 @@ def sparsity(model: nn.Module, threshold: float) -> float:
 def prunable_gammas(model: nn.Module) -> torch.Tensor:
     """All prunable γ values (signed, CPU) in one vector, for histograms."""
     return torch.cat([bn.weight.detach().float().cpu().flatten() for bn in prunable_batchnorms(model).values()])
+
+
+@torch.no_grad()
+def init_bn_scale(model: nn.Module, value: float | None) -> nn.Module:
+    """Fill every BatchNorm2d γ with `value` (None leaves PyTorch's 1.0), as the reference code does with 0.5.
+
+    The L1 subgradient moves γ by about the same amount per step whatever its size, so starting nearer zero lets
+    a short sparsity run push unimportant channels all the way there. Returns the model for chaining.
+    """
+    if value is not None:
+        for m in unwrap(model).modules():
+            if isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.fill_(value)
+    return model

@@ -6,15 +6,19 @@ Writes models/pruned/<R>.pt (cfg and provenance inside) and reports/prune/<R>/{m
 from __future__ import annotations
 
 import argparse
+import copy
+
+import torch
 
 from netslim import tracking
 from netslim.config import BUDGET, Config, lambda_label, parse_lambda, parse_ratio, ratio_label
-from netslim.data import load_prepared
+from netslim.data import PreparedData, load_prepared
 from netslim.engine import evaluate, resolve_device
 from netslim.io import file_sha256, write_csv, write_json
 from netslim.measure import channels_per_layer, compare_models
 from netslim.models import load_model, save_model
-from netslim.slimming.surgery import prune
+from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
+from netslim.slimming.surgery import PruneResult, prune
 from netslim.stages.common import Layout
 
 
@@ -40,10 +44,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
             compensate: prune(sparse, min_channels=config.prune.min_channels, bias_compensation=compensate, **by)
             for compensate in (True, False)
         }
+        variants = four_ways(results, data, config, device)
+        chosen = variant_name(config.prune.bias_compensation, config.prune.recalibration_batches > 0)
         result = results[config.prune.bias_compensation]
+        result.model = variants[chosen]  # the saved model is the one fine-tuning starts from
         ev = dict(device=device, batch_size=config.runtime.eval_batch_size, amp=config.runtime.amp)
         _, unpruned_acc = evaluate(sparse, data.test, data.mean, data.std, **ev)
-        acc = {c: evaluate(r.model, data.test, data.mean, data.std, **ev)[1] for c, r in results.items()}
+        acc = {name: evaluate(m, data.test, data.mean, data.std, **ev)[1] for name, m in variants.items()}
         _, val_acc = evaluate(result.model, data.val, data.mean, data.std, **ev) if len(data.val) else (0, float("nan"))
         speed = compare_models(
             sparse, result.model, device, batch_sizes=(1, 64), repeats=config.runtime.throughput_repeats
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "threshold": float(result.threshold),
             "lambda": float(lam),
             "bias_compensation": config.prune.bias_compensation,
+            "recalibration_batches": config.prune.recalibration_batches,
             "source": str(source),
             "source_sha256": file_sha256(source),
         }
@@ -69,9 +77,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         metrics = {
             "ratio_used": float(result.ratio),
             "threshold": float(result.threshold),
-            "test_acc_before_finetune": acc[config.prune.bias_compensation],
-            "test_acc_with_compensation": acc[True],
-            "test_acc_without_compensation": acc[False],
+            "test_acc_before_finetune": acc[chosen],
+            **{f"test_acc_{name}": value for name, value in acc.items()},
             "val_acc_before_finetune": val_acc,
             "unpruned_test_acc": unpruned_acc,
         } | speed_metrics(speed)
@@ -83,12 +90,46 @@ def run(args: argparse.Namespace, config: Config) -> int:
         f"prune {label} (λ={lam}): ratio {result.ratio:.4f}, threshold {result.threshold:.4g}\n"
         f"  params {metrics['params_unpruned']:,} -> {metrics['params']:,}, "
         f"MACs {metrics['macs_unpruned']:,} -> {metrics['macs']:,} (FLOPs = 2×MACs: {metrics['flops']:,})\n"
-        f"  test acc {unpruned_acc:.4f} -> {acc[config.prune.bias_compensation]:.4f} before fine-tuning "
-        f"(with bias compensation {acc[True]:.4f}, without {acc[False]:.4f})\n"
+        f"  test acc {unpruned_acc:.4f} -> {acc[chosen]:.4f} before fine-tuning ({chosen}; "
+        + ", ".join(f"{name} {value:.4f}" for name, value in acc.items())
+        + ")\n"
         f"  measured speedup {metrics['speedup_b1']:.2f}× at batch 1, {metrics['speedup_b64']:.2f}× at batch 64 "
         f"(MACs ratio {metrics['macs_ratio']:.2f}×) -> {out}"
     )
     return 0
+
+
+VARIANTS = ("plain", "compensated", "recalibrated", "compensated_recalibrated")
+
+
+def variant_name(compensated: bool, recalibrated: bool) -> str:
+    """How a pruned model was repaired after surgery: one of VARIANTS."""
+    return VARIANTS[int(compensated) + 2 * int(recalibrated)]
+
+
+def four_ways(results: dict[bool, PruneResult], data: PreparedData, config: Config, device: torch.device) -> dict:
+    """The pruned model four ways: plain surgery, + bias compensation, + BN recalibration, + both.
+
+    `results` maps bias_compensation to its pruned model; the recalibrated ones are copies re-estimated on the
+    same `prune.recalibration_batches` training batches (at least one, so that the comparison always exists).
+    """
+    variants = {}
+    for recalibrated in (False, True):
+        for compensated in (False, True):
+            model = results[compensated].model
+            if recalibrated:
+                batches = calibration_batches(
+                    data.train,
+                    data.mean,
+                    data.std,
+                    max(1, config.prune.recalibration_batches),
+                    config.train.batch_size,
+                    device,
+                    config.experiment.seed,
+                )
+                model = recalibrate_batchnorm(copy.deepcopy(model).to(device), batches)
+            variants[variant_name(compensated, recalibrated)] = model
+    return variants
 
 
 def _percent(label: str) -> str:

@@ -15,6 +15,7 @@ from netslim.data import load_prepared
 from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, write_csv, write_json
 from netslim.models import build_model, count_params, prunable_batchnorms, save_model
+from netslim.slimming.sparsity import init_bn_scale
 from netslim.stages.common import Layout, fit_settings
 
 GAMMA_HISTOGRAM_EPOCHS = 4  # γ histograms logged at about this many evenly spaced epochs, plus the last
@@ -47,7 +48,9 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     device = resolve_device(config.experiment.device)
     data = load_prepared(layout.prepared)
     torch.manual_seed(config.experiment.seed)
-    model = build_model(config.model.arch, data.num_classes, width=config.model.width)
+    model = init_bn_scale(
+        build_model(config.model.arch, data.num_classes, width=config.model.width), config.model.bn_init
+    )
     model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
     settings = fit_settings(config, config.train, lam)
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
@@ -94,6 +97,8 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             "final_test_acc": last["test_acc"],
             "final_train_acc": last["train_acc"],
             "sparsity": result.history[result.best_epoch - 1]["sparsity"],
+            # optimizer steps of the whole run: how far λ could push γ (a short run needs a larger λ)
+            "steps": settings.epochs * max(1, len(data.train) // settings.batch_size),
             "params": count_params(model),
         }
         write_json(reports / "metrics.json", metrics)
