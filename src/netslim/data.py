@@ -488,25 +488,6 @@ def normalize(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).to(torch.float32, copy=True).sub_(m).div_(s)  # (x - 255m)/(255s) == (x/255 - m)/s
 
 
-def pil_reference_crop_flip(
-    images_uint8_nhwc: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, pad: int = 4
-) -> torch.Tensor:
-    """The seed experiment's per-image PIL recipe at given offsets: Pad(pad), crop, hflip. For tests and benchmarks."""
-    from PIL import Image
-    from torchvision import transforms
-    from torchvision.transforms import functional as tf
-
-    pad_op = transforms.Pad(pad)
-    out = []
-    for i, array in enumerate(images_uint8_nhwc.cpu().numpy()):
-        img = pad_op(Image.fromarray(array))
-        img = tf.crop(img, int(top[i]), int(left[i]), array.shape[0], array.shape[1])
-        if bool(flip[i]):
-            img = tf.hflip(img)
-        out.append(torch.from_numpy(np.array(img)))
-    return torch.stack(out) if out else images_uint8_nhwc.cpu().clone()
-
-
 def _torchvision_download(dataset_class: str, name: str, raw_root: Path, folder: Path, ways: str) -> None:
     """Download with torchvision's own dataset class; any failure becomes one DataError line."""
     try:
