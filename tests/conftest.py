@@ -136,8 +136,10 @@ def _quiet_git_identity(monkeypatch):
 def pil_reference_crop_flip(
     images_uint8_nhwc: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, pad: int = 4
 ) -> torch.Tensor:
-    """The seed experiment's per-image PIL recipe at given offsets: Pad(pad), crop, hflip. The reference our batched
-    augmentation must match bit for bit."""
+    """The seed experiment's per-image PIL recipe at given offsets: Pad(pad), crop, hflip.
+
+    The reference that netslim's batched augmentation on tensors must match bit for bit.
+    """
     from PIL import Image
     from torchvision import transforms
     from torchvision.transforms import functional as tf
