@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     set_deterministic(config.experiment.deterministic)
     device = resolve_device(config.experiment.device)
-    data = load_prepared(layout.prepared)
+    data = load_prepared(layout.prepared, config.data.dataset)
     torch.manual_seed(config.experiment.seed)
     model = build_model(config.model.arch, data.num_classes, width=config.model.width)
     model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
