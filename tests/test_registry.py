@@ -7,6 +7,7 @@ surgery, checkpoints and the config check need.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
@@ -166,3 +167,16 @@ def test_resnet56_runs_through_dvc_repro_and_its_pruned_models_reload_and_match(
         _, acc = evaluate(loaded, data.test, data.mean, data.std, device=torch.device("cpu"), batch_size=256, amp=False)
         assert acc == pytest.approx(metrics["test_acc_before_finetune"], abs=1e-12)
         assert load_model(repo / f"models/finetuned/{ratio}.pt").cfg == loaded.cfg
+
+
+def test_no_code_branches_on_an_arch_name() -> None:
+    """`arch == "resnet50"` anywhere in src/netslim would be a second place to add a model; the registry is the one."""
+    names = set(ARCHITECTURES)
+    branches = []
+    for path in sorted((ROOT / "src" / "netslim").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                constants = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
+                if names & {c for c in constants if isinstance(c, str)}:
+                    branches.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not branches, branches

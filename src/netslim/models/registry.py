@@ -1,7 +1,7 @@
-"""Every architecture netslim builds, by `model.arch` name: one line per model file.
+"""Every architecture netslim builds, by `model.arch` name.
 
-Adding an architecture is one file (its model and its `Architecture` entry, see architecture.py) and
-one line here; nothing else names architectures.
+Adding an architecture is one file (its model and its `Architecture` entry, see architecture.py) plus
+its import and name here; nothing else in netslim names architectures (tests/test_registry.py checks).
 """
 
 from __future__ import annotations
