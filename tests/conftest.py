@@ -151,3 +151,25 @@ def _quiet_git_identity(monkeypatch):
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pil_reference_crop_flip(
+    images_uint8_nhwc: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, pad: int = 4
+) -> torch.Tensor:
+    """The seed experiment's per-image PIL recipe at given offsets: Pad(pad), crop, hflip.
+
+    The reference that netslim's batched augmentation on tensors must match bit for bit.
+    """
+    from PIL import Image
+    from torchvision import transforms
+    from torchvision.transforms import functional as tf
+
+    pad_op = transforms.Pad(pad)
+    out = []
+    for i, array in enumerate(images_uint8_nhwc.cpu().numpy()):
+        img = pad_op(Image.fromarray(array))
+        img = tf.crop(img, int(top[i]), int(left[i]), array.shape[0], array.shape[1])
+        if bool(flip[i]):
+            img = tf.hflip(img)
+        out.append(torch.from_numpy(np.array(img)))
+    return torch.stack(out) if out else images_uint8_nhwc.cpu().clone()

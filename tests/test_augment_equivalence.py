@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from netslim.data import crop_flip_params, pil_reference_crop_flip, random_crop_flip
+from conftest import pil_reference_crop_flip
+from netslim.data import crop_flip_params, random_crop_flip
 
 PAD = 4
 OFFSETS = 2 * PAD + 1  # 0..8

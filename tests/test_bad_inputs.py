@@ -174,6 +174,13 @@ CASES = [
     ),
     Case("malformed-yaml", TRAIN, write_text("params.yaml", "train: [epochs: 1\n"), ("params.yaml: not valid YAML",)),
     Case("bad-override", (*TRAIN, "--set", "train.batch_size=abc"), None, ("train.batch_size: 'abc' must be",)),
+    # a CPU-only test machine (or one with fewer than 8 GPUs) has no cuda:7
+    Case(
+        "absent-cuda-device",
+        PRUNE,
+        set_param("experiment", "device", "cuda:7"),
+        ("experiment.device: 'cuda:7'", "use auto"),
+    ),
     # dataset files
     Case(
         "missing-dataset-folder",
@@ -198,6 +205,12 @@ CASES = [
         ("prepare",),
         relabel("t10k", np.zeros(39)),
         ("fmnist/t10k-labels-idx1-ubyte.gz", "39 labels for 40 images"),
+    ),
+    Case(
+        "prepared-for-another-dataset",
+        TRAIN,
+        set_param("data", "dataset", "cifar10"),
+        ("data/prepared/meta.json", "is fashion-mnist but data.dataset is cifar10", "netslim prepare", "dvc repro"),
     ),
     Case(
         "corrupt-prepared-split",

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pil_reference_crop_flip
 from netslim import data as data_mod
 from netslim.config import DataConfig
 from netslim.data import (
@@ -24,7 +25,6 @@ from netslim.data import (
     load_fashion_mnist,
     load_prepared,
     normalize,
-    pil_reference_crop_flip,
     prepare,
     random_crop_flip,
 )

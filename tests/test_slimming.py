@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,11 +13,11 @@ from netslim.measure import count_macs
 from netslim.models import build_model, count_params, load_model, prunable_batchnorms, save_model
 from netslim.slimming.surgery import (
     cfg_from_masks,
+    check_masks,
+    params_for_cfg,
     prune,
     prune_model,
-    pruned_params_for_ratio,
     ratio_for_budget,
-    zero_removed_channels,
 )
 from netslim.slimming.threshold import PruneError, channel_masks, gather_gammas, global_threshold, select_channels
 
@@ -48,6 +49,29 @@ def randomised(arch: str, width: float, seed: int = 0) -> nn.Module:
 def output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(x)
+
+
+def zero_removed_channels(model: nn.Module, masks: dict[str, torch.Tensor], zero_beta: bool = True) -> nn.Module:
+    """A copy of `model` with γ (and, if zero_beta, β) of removed channels set to 0.
+
+    With both zeroed a removed channel outputs exactly 0, which is what the pruned model (without bias
+    compensation) computes; with β kept it is the model that bias compensation approximates.
+    """
+    masked = copy.deepcopy(model)
+    masks = check_masks(masked, masks)
+    with torch.no_grad():
+        for name, bn in prunable_batchnorms(masked).items():
+            removed = ~masks[name].to(bn.weight.device)
+            bn.weight[removed] = 0
+            if zero_beta:
+                bn.bias[removed] = 0
+    return masked
+
+
+def pruned_params_for_ratio(model: nn.Module, ratio: float, min_channels: int) -> int:
+    """Parameters of the model `prune(model, ratio, min_channels=...)` would build, without building it."""
+    masks, _ = select_channels(model, ratio, min_channels)
+    return params_for_cfg(model, cfg_from_masks(model, masks))
 
 
 # ---- threshold math ---------------------------------------------------------------------------

@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netslim.config import ARCHES, Config, ConfigError, TrackingConfig
+from netslim.config import Config, ConfigError, TrackingConfig
 from netslim.data import PreparedData, Split, normalize
 from netslim.engine import FitSettings, epoch_generator, make_optimizer, resolve_device, train_one_epoch
 from netslim.io import atomic_write_text, write_json
 from netslim.measure import count_macs
-from netslim.models import build_model, prunable_batchnorms
+from netslim.models import ARCHITECTURES, build_model, prunable_batchnorms
 from netslim.slimming.sparsity import add_l1_subgradient
 from netslim.slimming.surgery import prune
 
@@ -76,8 +76,8 @@ class BenchSettings:
 
     def check(self) -> BenchSettings:
         """ConfigError naming the flag for a value the benchmark cannot run with."""
-        if self.arch not in ARCHES:
-            raise ConfigError(f"--arch: {self.arch!r} is unknown; use one of {', '.join(ARCHES)}")
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"--arch: {self.arch!r} is unknown; use one of {', '.join(ARCHITECTURES)}")
         if not 0 < self.width <= 4:
             raise ConfigError(f"--width: {self.width} must be in (0, 4], e.g. 0.25")
         if self.batch_size < 2:

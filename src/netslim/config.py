@@ -17,7 +17,6 @@ from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
-ARCHES = ("resnet50", "vgg19")
 DATASETS = ("cifar10", "fashion-mnist")
 
 
@@ -336,7 +335,12 @@ def _validate_optim(section: str, o: OptimConfig) -> None:
 
 def validate(c: Config) -> None:
     """Range checks across the whole config; raises ConfigError on the first problem."""
-    _require(c.model.arch in ARCHES, f"model.arch: {c.model.arch!r} is unknown; use one of {', '.join(ARCHES)}")
+    from netslim.models.registry import ARCHITECTURES  # here, not at the top: it imports torch
+
+    _require(
+        c.model.arch in ARCHITECTURES,
+        f"model.arch: {c.model.arch!r} is unknown; use one of {', '.join(ARCHITECTURES)}",
+    )
     _require(
         c.data.dataset in DATASETS,
         f"data.dataset: {c.data.dataset!r} is unknown; use one of {', '.join(DATASETS)}",

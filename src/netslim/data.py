@@ -388,8 +388,12 @@ def _rerun(path: Path, problem: str) -> DataError:
     return DataError(f"{path}: {problem}; run `netslim prepare` to (re)build it")
 
 
-def load_prepared(out_dir: str | Path) -> PreparedData:
-    """The splits written by `prepare`, checked (dtype, shape, labels) before use."""
+def load_prepared(out_dir: str | Path, dataset: str | None = None) -> PreparedData:
+    """The splits written by `prepare`, checked (dtype, shape, labels) before use.
+
+    Args:
+        dataset: `data.dataset` of the stage's params; data prepared from another dataset is refused.
+    """
     out_dir = Path(out_dir)
     meta_path = out_dir / "meta.json"
     if not meta_path.is_file():
@@ -398,11 +402,16 @@ def load_prepared(out_dir: str | Path) -> PreparedData:
         meta = json.loads(meta_path.read_text())
         num_classes, classes = int(meta["num_classes"]), list(meta["classes"])
         mean, std = tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
-        sizes, dataset = meta["sizes"], str(meta["dataset"])
+        sizes, meta_dataset = meta["sizes"], str(meta["dataset"])
         if len(mean) != 3 or len(std) != 3 or not isinstance(sizes, dict):
             raise ValueError("mean/std need 3 channels and sizes a mapping")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _rerun(meta_path, f"not a valid prepared-data meta.json ({type(e).__name__}: {str(e)[:60]})") from None
+    if dataset is not None and dataset != meta_dataset:
+        raise DataError(
+            f"{meta_path}: the prepared data is {meta_dataset} but data.dataset is {dataset}; "
+            f"run `netslim prepare` (or `dvc repro`) to prepare {dataset}"
+        )
 
     splits = {}
     for name in SPLITS:
@@ -427,7 +436,7 @@ def load_prepared(out_dir: str | Path) -> PreparedData:
         if sizes.get(name) != len(labels):
             raise _rerun(path, f"{len(labels)} images but meta.json says {sizes.get(name)}; the folder is mixed up")
         splits[name] = Split(images, labels)
-    return PreparedData(**splits, mean=mean, std=std, num_classes=num_classes, dataset=dataset, classes=classes)
+    return PreparedData(**splits, mean=mean, std=std, num_classes=num_classes, dataset=meta_dataset, classes=classes)
 
 
 # ---- augmentation and normalisation -----------------------------------------------------------
@@ -486,25 +495,6 @@ def normalize(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
     """
     m, s = _scale(tuple(map(float, mean)), tuple(map(float, std)), images.device)
     return images.permute(0, 3, 1, 2).to(torch.float32, copy=True).sub_(m).div_(s)  # (x - 255m)/(255s) == (x/255 - m)/s
-
-
-def pil_reference_crop_flip(
-    images_uint8_nhwc: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, pad: int = 4
-) -> torch.Tensor:
-    """The seed experiment's per-image PIL recipe at given offsets: Pad(pad), crop, hflip. For tests and benchmarks."""
-    from PIL import Image
-    from torchvision import transforms
-    from torchvision.transforms import functional as tf
-
-    pad_op = transforms.Pad(pad)
-    out = []
-    for i, array in enumerate(images_uint8_nhwc.cpu().numpy()):
-        img = pad_op(Image.fromarray(array))
-        img = tf.crop(img, int(top[i]), int(left[i]), array.shape[0], array.shape[1])
-        if bool(flip[i]):
-            img = tf.hflip(img)
-        out.append(torch.from_numpy(np.array(img)))
-    return torch.stack(out) if out else images_uint8_nhwc.cpu().clone()
 
 
 def _torchvision_download(dataset_class: str, name: str, raw_root: Path, folder: Path, ways: str) -> None:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from netslim.config import ConfigError
 from netslim.data import PreparedData, Split, normalize, random_crop_flip
 from netslim.distributed import local_rank
 from netslim.io import CheckpointError, load_checkpoint, save_torch
@@ -95,9 +96,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     """experiment.device as a torch.device; under torchrun, "auto" and "cuda" mean GPU LOCAL_RANK of this node."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"experiment.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"experiment.device: {name!r} but CUDA is not available; use auto or cpu")
+        raise ConfigError(f"experiment.device: {name!r} but CUDA is not available here; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(
+            f"experiment.device: {name!r} but this machine has {count} CUDA device(s); use auto or cuda:0..{count - 1}"
+        )
     if device.type == "cuda" and device.index is None:
         # LOCAL_RANK, not the global rank: on the second node rank 8 is that node's GPU 0.
         device = torch.device("cuda", local_rank() % torch.cuda.device_count())

@@ -714,7 +714,7 @@ def search(config: Config) -> dict[str, Any]:
     layout = Layout(config.paths)
     set_deterministic(config.experiment.deterministic)
     device = resolve_device(config.experiment.device)
-    data = load_prepared(layout.prepared)
+    data = load_prepared(layout.prepared, config.data.dataset)
     if len(data.val) == 0:
         raise ConfigError(
             "data.val_size: 0 leaves no validation images; the search chooses λ and lr on held-out data, "

@@ -9,32 +9,28 @@ import torch
 from torch import nn
 
 from netslim.io import CheckpointError, load_checkpoint, save_torch
-from netslim.models.resnet import ResNet50, default_resnet50_cfg
-from netslim.models.vgg import VGG, default_vgg19_cfg
+from netslim.models.architecture import Architecture
+from netslim.models.registry import ARCHITECTURES, architecture
 
 CHECKPOINT_FORMAT = "netslim-checkpoint/1"
-ARCHES = ("resnet50", "vgg19")
 
 
 def default_cfg(arch: str, width: float = 1.0) -> list:
-    if arch == "resnet50":
-        return default_resnet50_cfg(width)
-    if arch == "vgg19":
-        return default_vgg19_cfg(width)
-    raise ValueError(f"arch {arch!r} is unknown; use one of {', '.join(ARCHES)}")
+    return architecture(arch).default_cfg(width)
 
 
 def build_model(arch: str, num_classes: int = 10, cfg: list | None = None, width: float = 1.0) -> nn.Module:
     """Args:
-    arch: "resnet50" or "vgg19".
+    arch: a name in the registry (netslim.models.registry).
     cfg: per-layer widths (see each model); None = unpruned.
-    width: scales the unpruned widths (and, for resnet50, the fixed block outputs) for quick runs.
+    width: scales the unpruned widths (and the fixed ones, e.g. block outputs) for quick runs.
     """
-    if arch == "resnet50":
-        return ResNet50(num_classes, cfg, width)
-    if arch == "vgg19":
-        return VGG(num_classes, cfg, width)
-    raise ValueError(f"arch {arch!r} is unknown; use one of {', '.join(ARCHES)}")
+    return architecture(arch).build(num_classes, cfg, width)
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    """The registry entry that built `model` (through DDP / compile wrappers)."""
+    return architecture(unwrap(model).arch)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -72,8 +68,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path = "<check
         if key not in checkpoint:
             raise CheckpointError(f"{path}: not a netslim model checkpoint (no {key!r}); pass a file netslim wrote")
     arch = checkpoint["arch"]
-    if arch not in ARCHES:
-        raise CheckpointError(f"{path}: arch {arch!r} is unknown; this netslim builds {', '.join(ARCHES)}")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: arch {arch!r} is unknown; this netslim builds {', '.join(ARCHITECTURES)}")
     try:
         model = build_model(
             arch, int(checkpoint["num_classes"]), checkpoint["cfg"], float(checkpoint.get("width", 1.0))
@@ -122,21 +118,17 @@ def batchnorms(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
 
 
 def prunable_batchnorms(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
-    """The BNs whose channels Network Slimming may remove, by name, in forward order.
-
-    resnet50: only each bottleneck's bn1 and bn2 (the stem, bn3 and downsample keep residuals matching).
-    vgg19: every conv's BN.
-    """
-    bns, arch = batchnorms(model), unwrap(model).arch
-    if arch == "resnet50":
-        return {n: m for n, m in bns.items() if n.startswith("layer") and n.rsplit(".", 1)[-1] in ("bn1", "bn2")}
-    if arch == "vgg19":
-        return bns
-    raise ValueError(f"arch {arch!r} is unknown; use one of {', '.join(ARCHES)}")
+    """The BNs whose channels Network Slimming may remove, by name, in forward order (the registry says which)."""
+    model = unwrap(model)
+    bns = batchnorms(model)
+    return {name: bns[name] for name in architecture(model.arch).prunable(model)}
 
 
 __all__ = [
-    "ARCHES",
+    "ARCHITECTURES",
+    "Architecture",
+    "architecture",
+    "architecture_of",
     "CHECKPOINT_FORMAT",
     "build_model",
     "default_cfg",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from netslim.models.architecture import Architecture, ConvLink, Links, scaled
+
 BLOCKS_PER_STAGE = (3, 4, 6, 3)
 STAGE_PLANES = (64, 128, 256, 512)
 EXPANSION = 4
@@ -19,16 +21,20 @@ EXPANSION = 4
 ResNetCfg = list[list[int]]
 
 
-def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
-
-
 def default_resnet50_cfg(width: float = 1.0) -> ResNetCfg:
     return [
-        [_scaled(planes, width), _scaled(planes, width)]
+        [scaled(planes, width), scaled(planes, width)]
         for planes, blocks in zip(STAGE_PLANES, BLOCKS_PER_STAGE, strict=True)
         for _ in range(blocks)
     ]
+
+
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    """A residual block's shortcut: None (the identity) when the shape stays, else a 1×1 conv + BN projection."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+    return nn.Sequential(projection, nn.BatchNorm2d(out_channels))
 
 
 class Bottleneck(nn.Module):
@@ -41,12 +47,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(inner[1], out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -72,13 +73,13 @@ class ResNet50(nn.Module):
         self.width = float(width)  # kept so a checkpoint can rebuild the fixed widths
         self.num_classes = num_classes
         self.arch = "resnet50"
-        stem = _scaled(64, width)
+        stem = scaled(64, width)
         self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         in_channels, block_index, stages = stem, 0, []
         for stage, (planes, blocks) in enumerate(zip(STAGE_PLANES, BLOCKS_PER_STAGE, strict=True)):
-            out_channels = _scaled(planes * EXPANSION, width)
+            out_channels = scaled(planes * EXPANSION, width)
             layers = []
             for b in range(blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
@@ -96,3 +97,42 @@ class ResNet50(nn.Module):
 
     def blocks(self) -> list[Bottleneck]:
         return [m for m in self.modules() if isinstance(m, Bottleneck)]
+
+
+# ---- the registry entry: which BN masks select which channels ----------------------------------
+
+
+def _bottlenecks(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, Bottleneck)]
+
+
+def prunable(model: nn.Module) -> list[str]:
+    """Each bottleneck's bn1 and bn2; the stem, bn3 and downsample keep the residual additions matching."""
+    return [f"{block}.{bn}" for block in _bottlenecks(model) for bn in ("bn1", "bn2")]
+
+
+def links(model: nn.Module) -> Links:
+    convs: list[ConvLink] = []
+    for block in _bottlenecks(model):
+        bn1, bn2 = f"{block}.bn1", f"{block}.bn2"
+        convs += [
+            ConvLink(f"{block}.conv1", bn1, out_mask=bn1, in_mask=None),
+            ConvLink(f"{block}.conv2", bn2, out_mask=bn2, in_mask=bn1),
+            # conv3/bn3 keep every output channel so that the residual addition still matches.
+            ConvLink(f"{block}.conv3", f"{block}.bn3", out_mask=None, in_mask=bn2),
+        ]
+    return convs, None  # stem, downsample and fc keep all their channels
+
+
+def cfg_from_kept(model: nn.Module, kept: dict[str, int]) -> ResNetCfg:
+    return [[kept[f"{block}.bn1"], kept[f"{block}.bn2"]] for block in _bottlenecks(model)]
+
+
+RESNET50 = Architecture(
+    name="resnet50",
+    build=ResNet50,
+    default_cfg=default_resnet50_cfg,
+    prunable=prunable,
+    links=links,
+    cfg_from_kept=cfg_from_kept,
+)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from netslim.models.architecture import Architecture, ConvLink, LinearLink, Links, scaled
+
 VGG19_CFG: list[int | str] = [
     64,
     64,
@@ -32,7 +34,7 @@ VGGCfg = list[int | str]
 
 
 def default_vgg19_cfg(width: float = 1.0) -> VGGCfg:
-    return [v if v == "M" else max(1, int(round(v * width))) for v in VGG19_CFG]
+    return [v if v == "M" else scaled(v, width) for v in VGG19_CFG]
 
 
 class VGG(nn.Module):
@@ -65,3 +67,52 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+# ---- the registry entry: every conv's BN is prunable --------------------------------------------
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, BN) module names in forward order; each conv of `features` is followed by its BN."""
+    modules = dict(model.named_modules())
+    pairs = []
+    for name, module in model.features.named_children():
+        if isinstance(module, nn.Conv2d):
+            bn = f"features.{int(name) + 1}"
+            if not isinstance(modules.get(bn), nn.BatchNorm2d):
+                raise ValueError(f"vgg19: {bn} should be the BatchNorm after features.{name}")
+            pairs.append((f"features.{name}", bn))
+    return pairs
+
+
+def prunable(model: nn.Module) -> list[str]:
+    return [bn for _, bn in _conv_bn_pairs(model)]
+
+
+def links(model: nn.Module) -> Links:
+    convs, previous = [], None
+    for conv, bn in _conv_bn_pairs(model):
+        convs.append(ConvLink(conv, bn, out_mask=bn, in_mask=previous))
+        previous = bn
+    return convs, LinearLink("classifier", in_mask=previous)
+
+
+def cfg_from_kept(model: nn.Module, kept: dict[str, int]) -> VGGCfg:
+    """The kept widths in order with every 'M' where it was."""
+    cfg: VGGCfg = []
+    for name, module in model.features.named_children():
+        if isinstance(module, nn.MaxPool2d):
+            cfg.append("M")
+        elif isinstance(module, nn.BatchNorm2d):
+            cfg.append(kept[f"features.{name}"])
+    return cfg
+
+
+VGG19 = Architecture(
+    name="vgg19",
+    build=VGG,
+    default_cfg=default_vgg19_cfg,
+    prunable=prunable,
+    links=links,
+    cfg_from_kept=cfg_from_kept,
+)

@@ -12,7 +12,6 @@ of the linear head. This is exact when γ_c = 0, except at the zero-padded borde
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netslim.models import build_model, count_params, prunable_batchnorms, unwrap
-from netslim.models.resnet import Bottleneck
+from netslim.models import architecture_of, build_model, count_params, prunable_batchnorms, unwrap
+from netslim.models.architecture import ConvLink, LinearLink
 from netslim.slimming.threshold import (
     PruneError,
     channel_masks,
@@ -33,26 +32,6 @@ from netslim.slimming.threshold import (
 
 Masks = dict[str, torch.Tensor]
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")  # num_batches_tracked is per layer, copied whole
-
-
-@dataclass(frozen=True)
-class ConvLink:
-    """A conv and the BN right after it, with the prunable BNs whose masks select its channels.
-
-    out_mask: the BN whose mask picks this conv's output channels (None = all kept).
-    in_mask: the BN (before a ReLU) that feeds this conv (None = all its input channels kept).
-    """
-
-    conv: str
-    bn: str
-    out_mask: str | None
-    in_mask: str | None
-
-
-@dataclass(frozen=True)
-class LinearLink:
-    linear: str
-    in_mask: str | None
 
 
 # ---- pure tensor math -------------------------------------------------------------------------
@@ -131,36 +110,12 @@ def pruned_state_dict(
     return out
 
 
-# ---- how masks map onto each architecture -----------------------------------------------------
+# ---- masks on a model (the registry entry of its arch says which mask selects which channels) ---
 
 
 def links(model: nn.Module) -> tuple[list[ConvLink], LinearLink | None]:
     """Which mask selects the output and input channels of each conv (and the head), by module name."""
-    model = unwrap(model)
-    if model.arch == "resnet50":
-        convs: list[ConvLink] = []
-        for name, block in model.named_modules():
-            if isinstance(block, Bottleneck):
-                bn1, bn2 = f"{name}.bn1", f"{name}.bn2"
-                convs += [
-                    ConvLink(f"{name}.conv1", bn1, out_mask=bn1, in_mask=None),
-                    ConvLink(f"{name}.conv2", bn2, out_mask=bn2, in_mask=bn1),
-                    # conv3/bn3 keep every output channel so that the residual addition still matches.
-                    ConvLink(f"{name}.conv3", f"{name}.bn3", out_mask=None, in_mask=bn2),
-                ]
-        return convs, None  # stem, downsample and fc keep all their channels
-    if model.arch == "vgg19":
-        convs, previous = [], None
-        modules = dict(model.named_modules())
-        for name, module in model.features.named_children():
-            if isinstance(module, nn.Conv2d):
-                bn = f"features.{int(name) + 1}"
-                if not isinstance(modules.get(bn), nn.BatchNorm2d):
-                    raise ValueError(f"vgg19: {bn} should be the BatchNorm after features.{name}")
-                convs.append(ConvLink(f"features.{name}", bn, out_mask=bn, in_mask=previous))
-                previous = bn
-        return convs, LinearLink("classifier", in_mask=previous)
-    raise ValueError(f"arch {model.arch!r} is unknown; use resnet50 or vgg19")
+    return architecture_of(model).links(unwrap(model))
 
 
 def check_masks(model: nn.Module, masks: Masks) -> Masks:
@@ -181,25 +136,10 @@ def check_masks(model: nn.Module, masks: Masks) -> Masks:
 
 
 def cfg_from_masks(model: nn.Module, masks: Masks) -> list:
-    """The cfg of the pruned model: resnet50 16 [conv1_out, conv2_out] pairs, vgg19 widths with 'M' kept."""
+    """The cfg of the pruned model, from the number of channels each mask keeps (the registry knows the shape)."""
     model = unwrap(model)
     masks = check_masks(model, masks)
-    kept = {name: int(mask.sum()) for name, mask in masks.items()}
-    if model.arch == "resnet50":
-        return [
-            [kept[f"{name}.bn1"], kept[f"{name}.bn2"]]
-            for name, block in model.named_modules()
-            if isinstance(block, Bottleneck)
-        ]
-    if model.arch == "vgg19":
-        cfg: list[int | str] = []
-        for name, module in model.features.named_children():
-            if isinstance(module, nn.MaxPool2d):
-                cfg.append("M")
-            elif isinstance(module, nn.BatchNorm2d):
-                cfg.append(kept[f"features.{name}"])
-        return cfg
-    raise ValueError(f"arch {model.arch!r} is unknown; use resnet50 or vgg19")
+    return architecture_of(model).cfg_from_kept(model, {name: int(mask.sum()) for name, mask in masks.items()})
 
 
 # ---- building pruned models -------------------------------------------------------------------
@@ -226,34 +166,11 @@ def prune_model(model: nn.Module, masks: Masks, bias_compensation: bool = True) 
     return pruned.to(device).eval()
 
 
-def zero_removed_channels(model: nn.Module, masks: Masks, zero_beta: bool = True) -> nn.Module:
-    """A copy of `model` with γ (and, if zero_beta, β) of removed channels set to 0.
-
-    With both zeroed a removed channel outputs exactly 0, which is what the pruned model (without bias
-    compensation) computes; with β kept it is the model that bias compensation approximates.
-    """
-    masked = copy.deepcopy(unwrap(model))
-    masks = check_masks(masked, masks)
-    with torch.no_grad():
-        for name, bn in prunable_batchnorms(masked).items():
-            removed = ~masks[name].to(bn.weight.device)
-            bn.weight[removed] = 0
-            if zero_beta:
-                bn.bias[removed] = 0
-    return masked
-
-
 def params_for_cfg(model: nn.Module, cfg: list) -> int:
     """Parameter count of `model`'s architecture with another cfg; built on the meta device (no memory, fast)."""
     model = unwrap(model)
     with torch.device("meta"):
         return count_params(build_model(model.arch, model.num_classes, cfg, model.width))
-
-
-def pruned_params_for_ratio(model: nn.Module, ratio: float, min_channels: int) -> int:
-    """Parameters of the model `prune(model, ratio, min_channels=...)` would build, without building it."""
-    masks, _ = select_channels(model, ratio, min_channels)
-    return params_for_cfg(model, cfg_from_masks(model, masks))
 
 
 def smallest_ratio_for_index(index: int, total: int) -> float:

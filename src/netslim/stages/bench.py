@@ -11,12 +11,13 @@ import sys
 
 from netslim.bench import BenchSettings, run_benchmarks, write_reports
 from netslim.config import Config
+from netslim.models import ARCHITECTURES
 
 DEFAULTS = BenchSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default=DEFAULTS.arch, help="resnet50 | vgg19 (default: %(default)s)")
+    parser.add_argument("--arch", default=DEFAULTS.arch, help=f"{' | '.join(ARCHITECTURES)} (default: %(default)s)")
     parser.add_argument("--width", type=float, default=DEFAULTS.width, help="channel width (default: %(default)s)")
     parser.add_argument("--images", type=int, default=DEFAULTS.images, help="images an epoch (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="(default: %(default)s)")

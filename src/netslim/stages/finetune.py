@@ -37,7 +37,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     checkpoint = load_checkpoint(source)
     model = model_from_checkpoint(checkpoint, source)
     model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
-    data = load_prepared(layout.prepared)
+    data = load_prepared(layout.prepared, config.data.dataset)
     settings = fit_settings(config, config.finetune, sparsity_lambda=0.0)
     prov = checkpoint.get("provenance", {})
     tags = {"ratio": label, "lambda": str(prov.get("lambda", "")), "arch": model.arch, "dataset": config.data.dataset}

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     device = resolve_device(config.experiment.device)
     source = layout.sparse_best(lam)
     sparse = load_model(source)
-    data = load_prepared(layout.prepared)
+    data = load_prepared(layout.prepared, config.data.dataset)
     by = {"target_params": config.prune.target_params} if target == BUDGET else {"ratio": target}
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     with tracking.stage_run(config, "prune", f"prune {_percent(label)}", **tags) as run:

@@ -46,7 +46,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     set_deterministic(config.experiment.deterministic)
     device = resolve_device(config.experiment.device)
-    data = load_prepared(layout.prepared)
+    data = load_prepared(layout.prepared, config.data.dataset)
     torch.manual_seed(config.experiment.seed)
     model = init_bn_scale(
         build_model(config.model.arch, data.num_classes, width=config.model.width), config.model.bn_init
