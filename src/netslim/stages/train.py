@@ -14,7 +14,7 @@ from netslim.config import Config, lambda_label, parse_lambda
 from netslim.data import load_prepared
 from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, write_csv, write_json
-from netslim.models import build_model, count_params, prunable_batchnorms, save_model
+from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.stages.common import Layout, fit_settings
 
 GAMMA_HISTOGRAM_EPOCHS = 4  # γ histograms logged at about this many evenly spaced epochs, plus the last
@@ -53,7 +53,6 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}
     with tracking.stage_run(config, "train", f"train λ={label}", **tags) as run:
-        run.params(config.to_flat_dict() | {"lambda": lam})
 
         def on_epoch(record: dict, m: torch.nn.Module) -> None:
             run.epoch(record)
@@ -79,9 +78,10 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             return 0
         provenance = {"stage": "train", "lambda": lam, "dataset": config.data.dataset, "epochs": settings.epochs}
         out = layout.sparse_dir(label)
-        save_model(out / "last.pt", model, provenance | {"epoch": settings.epochs})
+        run.save_model(out / "last.pt", model, provenance | {"epoch": settings.epochs})
         model.load_state_dict(result.best_state)
-        save_model(out / "best.pt", model, provenance | {"epoch": result.best_epoch})
+        run.save_model(out / "best.pt", model, provenance | {"epoch": result.best_epoch})
+        run.model(model, data.test.images[:2], data.mean, data.std)
         reports = layout.train_reports(label)
         write_csv(reports / "history.csv", result.history)
         write_csv(reports / "gammas.csv", gamma_rows(model))
@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             "final_test_acc": last["test_acc"],
             "final_train_acc": last["train_acc"],
             "sparsity": result.history[result.best_epoch - 1]["sparsity"],
-            "params": count_params(model),
+            "num_params": count_params(model),
         }
         write_json(reports / "metrics.json", metrics)
         # test_acc and sparsity are per-epoch curves too; the best epoch's values need names of their own
