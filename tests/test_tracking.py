@@ -684,3 +684,46 @@ def test_make_ui_prints_the_link_for_the_store_and_port_it_serves():
     assert option(serve, "--port") == "5123"
     order = [i for i, line in enumerate(lines) if "-m netslim.tracking" in line or "mlflow ui" in line]
     assert "-m netslim.tracking" in lines[order[0]]  # the link comes before the server blocks the terminal
+
+
+def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow, tmp_path):
+    """The same paths as the CLI stages, against the SQLite store: dvc.yaml's params, the prepared splits as
+    inputs, and a checkpoint's run id leading the next run back to it."""
+    from mlflow import MlflowClient
+
+    from netslim.models import build_model
+
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    prepared = tmp_path / "data/prepared"
+    prepared.mkdir(parents=True)
+    sizes = {"train": 3, "val": 2, "test": 1}
+    for split in sizes:
+        (prepared / f"{split}.pt").write_bytes(split.encode())
+    meta = {"dataset": "fashion-mnist", "num_classes": 10, "sizes": sizes}
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    config = config_from_dict({"tracking": {"uri": in_process_mlflow, "experiment": "lineage"}})
+    model = build_model("resnet50", 4, width=0.0625)
+    with tracking.stage_run(config, "prune", "prune 90%", ratio="0.9") as prune:
+        prune.save_model(tmp_path / "pruned.pt", model, {"stage": "prune", tracking.RUN_ID_KEY: "stale"})
+    with tracking.stage_run(config, "finetune", "finetune 90%", ratio="0.9") as finetune:
+        finetune.source(tmp_path / "pruned.pt")
+    assert not prune.lost and not finetune.lost, prune.lost + finetune.lost
+
+    client = MlflowClient(in_process_mlflow)
+    tags = client.get_run(finetune.run_id).data.tags
+    assert (tags["source_run_id"], tags["source_stage"]) == (prune.run_id, "prune")
+    checkpoint_hash = client.get_run(prune.run_id).data.tags["checkpoint_sha256/pruned.pt"]
+    assert tags["source_sha256"] == checkpoint_hash == file_sha256(tmp_path / "pruned.pt")
+    run = client.get_run(finetune.run_id)
+    assert set(run.data.params) == {f"finetune.{k}" for k in ("epochs", "batch_size", "lr", "weight_decay")} | {
+        "finetune.milestones",
+        "finetune.lr_gamma",
+        "experiment.seed",
+        "experiment.deterministic",
+        "constraints.min_accuracy",
+        "constraints.max_params",
+    }
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert {split: json.loads(d.profile)["num_images"] for split, d in inputs.items()} == sizes
+    assert {d.name for d in inputs.values()} == {"fashion-mnist"}
+    assert inputs["val"].digest == file_sha256(prepared / "val.pt")[:12]
