@@ -406,10 +406,12 @@ def test_report_logs_its_summary_as_a_table_and_figures_not_metrics(tracked, tra
 
     report = tracked.runs["report"]
     assert report.data.metrics == {}
-    table = mlflow.load_table("summary.json", run_ids=[report.info.run_id])
+    assert json.loads(report.data.tags["mlflow.loggedArtifacts"]) == [{"path": "summary.json", "type": "table"}]
+    logged = mlflow.artifacts.load_dict(f"runs:/{report.info.run_id}/summary.json")  # what mlflow.load_table reads
+    table = [dict(zip(logged["columns"], row, strict=True)) for row in logged["data"]]
     summary = read_csv(tracked.project / "reports/summary.csv")
-    assert list(table["model"]) == [row["model"] for row in summary]
-    assert table["num_params"].tolist() == [float(row["num_params"]) for row in summary]
+    assert [row["model"] for row in table] == [row["model"] for row in summary]
+    assert [row["num_params"] for row in table] == [float(row["num_params"]) for row in summary]
     figures = mlflow.artifacts.list_artifacts(run_id=report.info.run_id, artifact_path="figures")
     assert {Path(f.path).name for f in figures} == {p.name for p in (tracked.project / "reports/figures").iterdir()}
 
@@ -427,7 +429,8 @@ def test_readme_tracking_section_names_only_what_is_logged(tracked):
     logged = {"champion"} | {run.info.run_name for run in tracked.runs.values()}
     models = set()
     for run in tracked.runs.values():
-        logged |= set(run.data.tags) | set(run.data.metrics) | {k.split(".")[0] for k in run.data.params}
+        logged |= set(run.data.tags) | {run.data.tags["stage"]} | set(run.data.metrics)
+        logged |= {k.split(".")[0] for k in run.data.params}
         for item in run.inputs.dataset_inputs:
             logged |= {t.value for t in item.tags} | set(json.loads(item.dataset.profile))
         for output in run.outputs.model_outputs:
