@@ -38,9 +38,12 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The stages' default tracking store (artifacts in ./mlruns); one worker and no job runner suit a laptop.
+# First the link that opens the experiment's runs table (MLflow 3 would open its GenAI traces page).
 UI_PORT ?= 5000
+UI_STORE := sqlite:///mlflow.db
 ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
+	@$(BIN)/python -m netslim.tracking --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(UI_STORE) \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 search: setup

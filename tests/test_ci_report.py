@@ -75,7 +75,7 @@ def test_summary_models_become_tables_with_deltas_and_percent_only_where_sensibl
     metrics = {
         "reports/summary.json": {
             "finetuned_0.9.test_acc": {"old": 0.8, "new": 0.84, "diff": 0.04},
-            "finetuned_0.9.params": {"old": 120000, "new": 110000, "diff": -10000},
+            "finetuned_0.9.num_params": {"old": 120000, "new": 110000, "diff": -10000},
             "finetuned_0.9.meets_constraints": {"old": 0, "new": 1, "diff": 1},
             "unpruned.test_acc": {"old": 0.9, "new": 0.9, "diff": 0},
         },
@@ -85,9 +85,9 @@ def test_summary_models_become_tables_with_deltas_and_percent_only_where_sensibl
     md = render("origin/main", "0123456789abcdef", Diff(metrics, []), Diff(params, []))
     assert md.startswith(MARKER + "\n")
     finetuned = table_rows(md, "#### `reports/summary.json` · finetuned_0.9")
-    assert list(finetuned) == ["metric", "test_acc", "params", "meets_constraints"]  # accuracy first, then size
+    assert list(finetuned) == ["metric", "test_acc", "num_params", "meets_constraints"]  # accuracy first, then size
     assert finetuned["test_acc"] == ["0.8", "0.84", "+0.04", "+5.0%"]
-    assert finetuned["params"] == ["120,000", "110,000", "-10,000", "-8.3%"]
+    assert finetuned["num_params"] == ["120,000", "110,000", "-10,000", "-8.3%"]
     assert finetuned["meets_constraints"][3] == "—"  # no % of a change from 0
     assert "unpruned" not in md  # an unchanged metric is no row and its model no table
     assert table_rows(md, "#### `reports/prune/0.9/metrics.json`")["threshold"] == ["0", "0.02", "+0.02", "—"]
@@ -208,9 +208,27 @@ def workflow() -> dict:
     return yaml.safe_load(WORKFLOW.read_text())
 
 
-def run_lines() -> list[str]:
-    """Every shell line the workflow runs, continuation lines joined, comments left out."""
-    scripts = [step["run"] for job in workflow()["jobs"].values() for step in job["steps"] if "run" in step]
+def job_steps(job: dict) -> list[dict]:
+    """A job's steps, each local composite action (`uses: ./...`) replaced by its own steps."""
+    steps = []
+    for step in job["steps"]:
+        uses = str(step.get("uses", ""))
+        if uses.startswith("./"):
+            action = yaml.safe_load((ROOT / uses / "action.yml").read_text())
+            assert action["runs"]["using"] == "composite", uses
+            steps += action["runs"]["steps"]
+        else:
+            steps.append(step)
+    return steps
+
+
+def all_steps() -> list[dict]:
+    return [step for job in workflow()["jobs"].values() for step in job_steps(job)]
+
+
+def run_lines(steps: list[dict] | None = None) -> list[str]:
+    """Every shell line the steps (default: the whole workflow's) run, continuation lines joined, no comments."""
+    scripts = [step["run"] for step in (all_steps() if steps is None else steps) if "run" in step]
     lines = [line.strip() for script in scripts for line in script.replace("\\\n", " ").splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
 
@@ -219,19 +237,56 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([A-Za-z][\w.-]*)\s*:(?!=)", (ROOT / "Makefile").read_text(), re.MULTILINE))
 
 
+def triggers() -> dict:
+    flow = workflow()
+    on = flow.get("on", flow.get(True))  # YAML 1.1 reads the key `on` as True
+    return on if isinstance(on, dict) else dict.fromkeys(on if isinstance(on, list) else [on])
+
+
 def test_workflow_runs_on_pull_requests_and_may_comment():
     flow = workflow()
-    triggers = flow.get("on", flow.get(True))  # YAML 1.1 reads the key `on` as True
-    assert "pull_request" in (triggers if isinstance(triggers, dict | list) else [triggers])
-    assert flow["permissions"]["pull-requests"] == "write"
-    steps = [step for job in flow["jobs"].values() for step in job["steps"]]
+    assert "pull_request" in triggers()
+    metrics = flow["jobs"]["metrics"]
+    assert "pull_request" in metrics["if"] and metrics["permissions"]["pull-requests"] == "write"
+    assert "pull-requests" not in flow["permissions"]  # only the job that comments may write
+    steps = job_steps(metrics)
     checkout = next(s for s in steps if str(s.get("uses", "")).startswith("actions/checkout"))
     assert checkout["with"]["fetch-depth"] == 0  # the base branch's metrics live in its commits
     python = next(s for s in steps if str(s.get("uses", "")).startswith("actions/setup-python"))
     assert str(python["with"]["python-version"]) == "3.11"
-    script = "\n".join(run_lines())
+    script = "\n".join(run_lines(steps))
     assert MARKER in script and "PATCH" in script  # one comment, edited on later pushes
     assert "dvc plots diff" in script and any("upload-artifact" in str(s.get("uses")) for s in steps)
+
+
+def test_test_job_runs_the_fast_tests_on_push():
+    test = workflow()["jobs"]["test"]
+    assert "push" in triggers() and "push" in test["if"]
+    assert "make test-fast" in run_lines(job_steps(test))
+
+
+def test_workflow_caches_pip_installs_cpu_torch_and_no_postgresql():
+    for name, job in workflow()["jobs"].items():
+        steps = job_steps(job)
+        python = next(s for s in steps if str(s.get("uses", "")).startswith("actions/setup-python"))
+        assert python["with"]["cache"] == "pip" and python["with"]["cache-dependency-path"] == "pyproject.toml", name
+        setup = next(s for s in steps if "make setup" in str(s.get("run")))  # the pip install, before any make demo
+        assert setup["env"]["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu", name
+        assert "torch.version.cuda is None" in setup["run"], name  # the CPU build really came
+        lines = run_lines(steps)
+        assert not any("postgres" in line or "system-deps" in line for line in lines), name
+        assert lines.index(next(x for x in lines if "make setup" in x)) < lines.index(
+            next(x for x in lines if x.startswith("make ") and "setup" not in x)
+        ), name
+
+
+def test_workflow_uses_current_major_versions_of_its_actions():
+    current = {"actions/checkout": "v6", "actions/setup-python": "v6", "actions/upload-artifact": "v7"}
+    used = [str(s["uses"]) for s in all_steps() if "uses" in s]
+    assert {u.split("@")[0] for u in used} == set(current)
+    for uses in used:
+        action, version = uses.split("@")
+        assert version == current[action], uses
 
 
 def test_every_netslim_and_make_command_in_the_workflow_exists():

@@ -79,16 +79,16 @@ def test_every_declared_output_exists_and_metrics_are_in_range(project):
             assert isinstance(value, int | float), (metrics, key)
             if key.endswith("acc") or "_acc_" in key:
                 assert 0 <= value <= 1, (metrics, key, value)
-            if key.startswith(("params", "macs", "flops")) and "ratio" not in key:
+            if key.startswith(("num_params", "macs", "flops")) and "ratio" not in key:
                 assert value > 0, (metrics, key, value)
     pruned = json.loads((project / "reports/prune/0.9/metrics.json").read_text())
-    assert pruned["params"] < pruned["params_unpruned"] and pruned["macs"] < pruned["macs_unpruned"]
+    assert pruned["num_params"] < pruned["num_params_unpruned"] and pruned["macs"] < pruned["macs_unpruned"]
 
 
 def test_metrics_show_lists_accuracy_params_and_macs(project):
     shown = json.loads(run([DVC, "metrics", "show", "--json"], project))
     flat = json.dumps(shown)
-    for key in ("test_acc", "params", "macs"):
+    for key in ("test_acc", "num_params", "macs"):
         assert f'"{key}"' in flat
 
 

@@ -73,7 +73,7 @@ def write_inputs(config: Config) -> None:
         write_csv(folder / "gammas.csv", gammas)
         metrics = {"lambda": float(lam), "best_epoch": 3, "best_val_acc": 0.85, "test_acc": 0.94 - 0.01 * i}
         write_json(
-            folder / "metrics.json", metrics | {"final_test_acc": 0.93, "sparsity": 0.5, "params": UNPRUNED_PARAMS}
+            folder / "metrics.json", metrics | {"final_test_acc": 0.93, "sparsity": 0.5, "num_params": UNPRUNED_PARAMS}
         )
     for label, (before, after, params) in PRUNED.items():
         macs = int(params * 40)
@@ -87,8 +87,8 @@ def write_inputs(config: Config) -> None:
             "test_acc_compensated_recalibrated": before,
             "val_acc_before_finetune": before,
             "unpruned_test_acc": 0.94,
-            "params": params,
-            "params_unpruned": UNPRUNED_PARAMS,
+            "num_params": params,
+            "num_params_unpruned": UNPRUNED_PARAMS,
             "macs": macs,
             "macs_unpruned": 1_304_000_000,
             "flops": 2 * macs,
@@ -117,7 +117,7 @@ def write_inputs(config: Config) -> None:
         finetune_metrics = {"best_epoch": 3, "val_acc": after, "test_acc": after, "final_test_acc": after - 0.001}
         write_json(
             layout.finetune_reports(label) / "metrics.json",
-            finetune_metrics | {"params": params, "macs": macs, "flops": 2 * macs, "meets_constraints": False},
+            finetune_metrics | {"num_params": params, "macs": macs, "flops": 2 * macs, "meets_constraints": False},
         )
 
 
@@ -158,7 +158,7 @@ def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Confi
     assert summary.loc["pruned 90%", "test_acc"] == PRUNED["0.9"][0]
     assert summary.loc["unpruned (λ = 1e-4)", "test_acc"] == 0.94  # the train metrics of prune.lambda = 1e-4
     assert summary.loc["unpruned (λ = 0)", "test_acc"] == pytest.approx(0.92)  # the train metrics of λ = 0
-    assert summary.loc["unpruned (λ = 1e-4)", "params"] == UNPRUNED_PARAMS
+    assert summary.loc["unpruned (λ = 1e-4)", "num_params"] == UNPRUNED_PARAMS
     assert summary.loc["unpruned (λ = 1e-4)", "throughput_b1"] == 150.0
     assert summary.loc["pruned 90%", "macs"] == PRUNED["0.9"][2] * 40
     assert summary.loc["pruned 90%", "flops"] == 2 * summary.loc["pruned 90%", "macs"]
@@ -186,7 +186,7 @@ def test_summary_json_holds_numbers_only_for_every_model(written: Config) -> Non
         "finetuned_0.9",
     }
     for model, values in summary.items():
-        assert {"test_acc", "params", "macs", "meets_constraints"} <= set(values), model
+        assert {"test_acc", "num_params", "macs", "meets_constraints"} <= set(values), model
         assert all(type(v) in (int, float) for v in values.values()), (model, values)
     assert summary["finetuned_0.9"]["meets_constraints"] == 1
     assert summary["finetuned_0.9"]["test_acc"] == PRUNED["0.9"][1]

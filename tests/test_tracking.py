@@ -9,6 +9,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -22,15 +23,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from conftest import ROOT, tiny_params, write_fashion_mnist, write_params
 from netslim import tracking
 from netslim.config import config_from_dict, load_config
+from netslim.io import file_sha256
 
 BIN = Path(sys.executable).parent
 PIPELINE_ID = "tracked-pipeline"
-REGISTERED = "netslim-resnet50-0.9"
+REGISTERED = "netslim-resnet50-fashion-mnist"  # one registered model per architecture and dataset
 TRAIN_EPOCHS = 2
 
 
@@ -139,23 +142,27 @@ class Tracked:
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory) -> Iterator[Tracked]:
-    """prepare, train λ=1e-4 and λ=0, prune 90%, finetune 90% through the CLI, all tracked to one server."""
+    """prepare, train λ=1e-4, prune and finetune 50% and 90%, report, through the CLI in a project with the
+    real dvc.yaml, all tracked to one server."""
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("tracked")
     project = tiny_project(
         tmp / "project",
-        train={"epochs": TRAIN_EPOCHS},
-        prune={"ratios": [0.9]},
+        train={"epochs": TRAIN_EPOCHS, "lambdas": ["1e-4"]},
+        prune={"ratios": [0.5, 0.9]},
         constraints={"min_accuracy": 0.05, "max_params": 10**9},
     )
+    (project / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())  # what each stage's params come from
     git = ["git", "-c", "user.name=netslim test", "-c", "user.email=test@netslim.local"]
     for cmd in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "tiny"]):
         subprocess.run([*git, *cmd], cwd=project, check=True, capture_output=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     with mlflow_server(tmp / "mlflow") as server:
         env = child_env(server.uri, NETSLIM_PIPELINE_ID=PIPELINE_ID)
-        for args in ("prepare", "train --lambda 1e-4", "train --lambda 0", "prune --ratio 0.9", "finetune --ratio 0.9"):
+        stages = ["prepare", "train --lambda 1e-4"]
+        stages += [f"{stage} --ratio {r}" for r in ("0.5", "0.9") for stage in ("prune", "finetune")] + ["report"]
+        for args in stages:
             netslim(args.split(), project, env)
         client = MlflowClient(server.uri)
         experiment = client.get_experiment_by_name("netslim")
@@ -172,17 +179,33 @@ def tracking_uri_env(tracked, monkeypatch):
     mlflow.set_tracking_uri(tracked.uri)
 
 
+def dvc_params_keys(stage: str, params: dict) -> set[str]:
+    """What dvc.yaml lists for a stage, each section expanded to its keys, read here without netslim."""
+    entry = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    keys = set()
+    for key in entry.get("do", entry)["params"]:
+        section, _, name = key.partition(".")
+        keys |= {f"{section}.{k}" for k in params[section]} if not name else {key}
+    return keys
+
+
+def stage_runs(tracked: Tracked, stage: str) -> list:
+    return [run for run in tracked.runs.values() if run.data.tags["stage"] == stage]
+
+
 @pytest.mark.slow
 def test_one_run_per_stage_with_readable_names_and_tags(tracked):
     runs = tracked.runs
-    assert set(runs) == {"prepare fashion-mnist", "train λ=1e-4", "train λ=0", "prune 90%", "finetune 90%"}
     expected = {
         "prepare fashion-mnist": {"stage": "prepare"},
         "train λ=1e-4": {"stage": "train", "lambda": "1e-4"},
-        "train λ=0": {"stage": "train", "lambda": "0"},
+        "prune 50%": {"stage": "prune", "lambda": "1e-4", "ratio": "0.5"},
         "prune 90%": {"stage": "prune", "lambda": "1e-4", "ratio": "0.9"},
-        "finetune 90%": {"stage": "finetune", "lambda": "1e-4", "ratio": "0.9"},  # λ spelled as in the others
+        "finetune 50%": {"stage": "finetune", "lambda": "1e-4", "ratio": "0.5"},  # λ spelled as in the others
+        "finetune 90%": {"stage": "finetune", "lambda": "1e-4", "ratio": "0.9"},
+        "report": {"stage": "report"},
     }
+    assert set(runs) == set(expected)
     for name, run in runs.items():
         assert run.info.status == "FINISHED", name
         tags = run.data.tags
@@ -190,9 +213,89 @@ def test_one_run_per_stage_with_readable_names_and_tags(tracked):
         assert tags["arch"] == "resnet50" and tags["dataset"] == "fashion-mnist", name
         assert tags["git_commit"] == tracked.commit, name
         assert tags["pipeline_id"] == PIPELINE_ID, name
-    train_params = runs["train λ=1e-4"].data.params  # the stage's params, flattened
-    assert train_params["train.epochs"] == str(TRAIN_EPOCHS) and train_params["model.arch"] == "resnet50"
-    assert runs["finetune 90%"].data.params["finetune.epochs"] == "1"
+
+
+@pytest.mark.slow
+def test_each_stage_logs_exactly_the_params_dvc_yaml_lists_for_it_as_written(tracked):
+    params = yaml.safe_load((tracked.project / "params.yaml").read_text())
+    for name, run in tracked.runs.items():
+        stage = run.data.tags["stage"]
+        assert set(run.data.params) == dvc_params_keys(stage, params), name
+    train = tracked.runs["train λ=1e-4"].data.params
+    assert train["train.epochs"] == str(TRAIN_EPOCHS) and train["model.arch"] == "resnet50"
+    assert train["train.milestones"] == "[0.5, 0.75]" and train["experiment.deterministic"] == "true"
+    prune = tracked.runs["prune 90%"].data.params
+    assert prune["prune.lambda"] == "1e-4" and prune["prune.ratios"] == "[0.5, 0.9]"
+    assert tracked.runs["finetune 90%"].data.params["finetune.epochs"] == "1"
+
+
+def test_stage_params_keep_the_text_of_params_yaml_unless_the_config_differs(tmp_path):
+    """`lr: 3.0e-4` is logged as 3.0e-4; a value that differs from the file (a --set override) as the config has it."""
+    from netslim.config import config_from_dict
+
+    (tmp_path / "params.yaml").write_text(
+        "train:\n  lr: 3.0e-4   # Adam\n  milestones: [0.5, 0.75]\nprune:\n  lambda: '1e-4'\n  target_params: null\n"
+    )
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  train:\n    foreach: [a]\n    do:\n      cmd: x\n      deps: ['${paths.prepared}']\n"
+        "      params: [train.lr, train.milestones, train.epochs, prune]\n"
+    )
+    config = config_from_dict({"train": {"lr": 3e-4, "epochs": 7}, "prune": {"lambda": "1e-4"}})
+    spec = tracking.dvc_stage("train", config, tmp_path / "dvc.yaml")
+    assert spec.deps == (Path("data/prepared"),)  # ${} resolved from the config
+    logged = tracking.stage_params(spec, config, tmp_path / "params.yaml")
+    assert logged["train.lr"] == "3.0e-4" and logged["train.milestones"] == "[0.5, 0.75]"
+    assert logged["train.epochs"] == "7"  # not in the file: the config's value
+    assert logged["prune.lambda"] == "1e-4" and logged["prune.target_params"] == "null"
+    assert set(logged) == {"train.lr", "train.milestones", "train.epochs"} | {
+        f"prune.{k}" for k in ("lambda", "ratios", "target_params", "min_channels", "bias_compensation")
+    }
+    overridden = config_from_dict({"train": {"lr": 5e-4}})
+    assert tracking.stage_params(spec, overridden, tmp_path / "params.yaml")["train.lr"] == "0.0005"
+    assert tracking.dvc_stage("search", config, tmp_path / "dvc.yaml") is None
+    assert tracking.dvc_stage("train", config, tmp_path / "missing.yaml") is None
+
+
+@pytest.mark.slow
+def test_lineage_tags_lead_from_finetune_to_prune_to_train_with_checkpoint_hashes(tracked):
+    by_id = {run.info.run_id: run for run in tracked.runs.values()}
+    project = tracked.project
+    for ratio in ("0.5", "0.9"):
+        finetune = tracked.runs[f"finetune {float(ratio) * 100:g}%"].data.tags
+        prune = by_id[finetune["source_run_id"]]
+        assert prune.info.run_name == f"prune {float(ratio) * 100:g}%" and finetune["source_stage"] == "prune"
+        pruned_file = project / finetune["source_checkpoint"]
+        assert finetune["source_sha256"] == file_sha256(pruned_file)
+        assert prune.data.tags[f"checkpoint_sha256/{ratio}.pt"] == finetune["source_sha256"]
+        train = by_id[prune.data.tags["source_run_id"]]
+        assert train.info.run_name == "train λ=1e-4" and prune.data.tags["source_stage"] == "train"
+        assert prune.data.tags["source_sha256"] == file_sha256(project / "models/sparse/1e-4/best.pt")
+        assert train.data.tags["checkpoint_sha256/best.pt"] == prune.data.tags["source_sha256"]
+        finetuned = project / f"models/finetuned/{ratio}.pt"
+        assert tracked.runs[f"finetune {float(ratio) * 100:g}%"].data.tags[f"checkpoint_sha256/{ratio}.pt"] == (
+            file_sha256(finetuned)
+        )
+
+
+@pytest.mark.slow
+def test_prepared_splits_are_the_dataset_inputs_of_the_stages_that_read_or_write_them(tracked):
+    prepared = tracked.project / "data/prepared"
+    meta = json.loads((prepared / "meta.json").read_text())
+    expected = {
+        split: (meta["dataset"], file_sha256(prepared / f"{split}.pt")[:12], meta["sizes"][split])
+        for split in ("train", "val", "test")
+    }
+    for name, run in tracked.runs.items():
+        inputs = run.inputs.dataset_inputs
+        if run.data.tags["stage"] == "report":
+            assert inputs == [], name
+            continue
+        logged = {}
+        for item in inputs:
+            context = next(t.value for t in item.tags if t.key == "mlflow.data.context")
+            profile = json.loads(item.dataset.profile)
+            logged[context] = (item.dataset.name, item.dataset.digest, profile["num_images"])
+        assert logged == expected, name
 
 
 @pytest.mark.slow
@@ -202,7 +305,6 @@ def test_every_per_epoch_metric_has_one_point_per_epoch(tracked):
     client = MlflowClient(tracked.uri)
     histories = {
         "train λ=1e-4": tracked.project / "reports/train/1e-4/history.csv",
-        "train λ=0": tracked.project / "reports/train/0/history.csv",
         "finetune 90%": tracked.project / "reports/finetune/0.9/history.csv",
     }
     for name, path in histories.items():
@@ -217,16 +319,17 @@ def test_every_per_epoch_metric_has_one_point_per_epoch(tracked):
 
 
 @pytest.mark.slow
-def test_gamma_histograms_and_cfg_are_logged(tracked, tracking_uri_env, tmp_path):
+def test_gamma_histograms_are_step_images_and_cfg_is_logged(tracked, tracking_uri_env, tmp_path):
     import mlflow
 
     from netslim.io import load_checkpoint
 
     train = tracked.runs["train λ=1e-4"].info.run_id
-    figures = mlflow.artifacts.list_artifacts(run_id=train, artifact_path="gamma_hist", tracking_uri=tracked.uri)
-    assert sorted(Path(f.path).name for f in figures) == [f"epoch_{e:03d}.png" for e in range(1, TRAIN_EPOCHS + 1)]
+    images = mlflow.artifacts.list_artifacts(run_id=train, artifact_path="images", tracking_uri=tracked.uri)
+    full = sorted((Path(f.path).name for f in images if f.path.endswith(".png")), key=lambda n: int(n.split("+")[2]))
+    assert [n.split("+")[:3] for n in full] == [["gamma_histogram", "step", str(e)] for e in range(1, TRAIN_EPOCHS + 1)]
     png = mlflow.artifacts.download_artifacts(
-        run_id=train, artifact_path=figures[-1].path, dst_path=str(tmp_path), tracking_uri=tracked.uri
+        run_id=train, artifact_path=f"images/{full[-1]}", dst_path=str(tmp_path), tracking_uri=tracked.uri
     )
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     values = mlflow.artifacts.load_dict(f"runs:/{train}/gamma_values/epoch_{TRAIN_EPOCHS:03d}.json")
@@ -237,20 +340,33 @@ def test_gamma_histograms_and_cfg_are_logged(tracked, tracking_uri_env, tmp_path
     logged = mlflow.artifacts.load_dict(f"runs:/{prune}/cfg.json")
     assert logged["cfg"] == load_checkpoint(tracked.project / "models/pruned/0.9.pt")["cfg"]
     metrics = tracked.runs["prune 90%"].data.metrics
-    assert {"params", "macs", "flops", "throughput_b1", "test_acc_before_finetune"} <= set(metrics)
+    assert {"num_params", "macs", "flops", "throughput_b1", "test_acc_before_finetune"} <= set(metrics)
+    assert "params" not in metrics
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("run_name", "checkpoint"), [("prune 90%", "pruned"), ("finetune 90%", "finetuned")])
-def test_logged_model_gives_the_checkpoints_outputs(tracked, tracking_uri_env, run_name, checkpoint):
+@pytest.mark.parametrize(
+    ("run_name", "model_name", "checkpoint"),
+    [
+        ("train λ=1e-4", "sparse-1e-4", "sparse/1e-4/best.pt"),
+        ("prune 90%", "pruned-0_9", "pruned/0.9.pt"),
+        ("finetune 90%", "finetuned-0_9", "finetuned/0.9.pt"),
+    ],
+)
+def test_logged_model_is_named_after_what_it_is_and_gives_the_checkpoints_outputs(
+    tracked, tracking_uri_env, run_name, model_name, checkpoint
+):
     import mlflow
 
     from netslim.data import load_prepared, normalize
     from netslim.models import load_model
 
     [output] = tracked.runs[run_name].outputs.model_outputs  # the model logged by this run
+    info = mlflow.models.get_model_info(f"models:/{output.model_id}")
+    assert info.name == model_name
+    assert info.signature is not None and info.saved_input_example_info is not None
     logged = mlflow.pytorch.load_model(f"models:/{output.model_id}")
-    reference = load_model(tracked.project / f"models/{checkpoint}/0.9.pt").eval()
+    reference = load_model(tracked.project / "models" / checkpoint).eval()
     data = load_prepared(tracked.project / "data/prepared")
     images = normalize(data.test.images[:5], data.mean, data.std).contiguous()  # not the example's batch of 2
     with torch.inference_mode():
@@ -261,15 +377,72 @@ def test_logged_model_gives_the_checkpoints_outputs(tracked, tracking_uri_env, r
 
 
 @pytest.mark.slow
-def test_champion_alias_points_at_a_feasible_finetuned_version(tracked, tracking_uri_env):
+def test_one_registered_model_holds_every_finetuned_version_and_champion_is_the_best_feasible(
+    tracked, tracking_uri_env
+):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracked.uri)
-    champion = client.get_model_version_by_alias(REGISTERED, "champion")
-    metrics = json.loads((tracked.project / "reports/finetune/0.9/metrics.json").read_text())
-    assert champion.run_id == tracked.runs["finetune 90%"].info.run_id
-    assert champion.tags["meets_constraints"] == "true" and metrics["meets_constraints"] is True
-    assert float(champion.tags["val_acc"]) == pytest.approx(metrics["val_acc"], abs=1e-6)
+    assert [m.name for m in client.search_registered_models()] == [REGISTERED]
+    versions = client.search_model_versions(f"name = '{REGISTERED}'")
+    finetune_runs = {run.info.run_id: run for run in stage_runs(tracked, "finetune")}
+    assert {v.run_id for v in versions} == set(finetune_runs) and len(versions) == 2
+    for version in versions:
+        ratio = finetune_runs[version.run_id].data.tags["ratio"]
+        metrics = json.loads((tracked.project / f"reports/finetune/{ratio}/metrics.json").read_text())
+        assert version.tags["ratio"] == ratio and version.tags["lambda"] == "1e-4"
+        assert version.tags["meets_constraints"] == str(metrics["meets_constraints"]).lower()
+        for key in ("val_acc", "test_acc", "num_params", "macs"):
+            assert float(version.tags[key]) == pytest.approx(metrics[key]), key
+    feasible = [v for v in versions if v.tags["meets_constraints"] == "true"]
+    assert feasible  # the fixture's constraints let both through
+    best = max(feasible, key=lambda v: (float(v.tags["val_acc"]), int(v.version)))
+    assert client.get_model_version_by_alias(REGISTERED, "champion").version == best.version
+
+
+@pytest.mark.slow
+def test_report_logs_its_summary_as_a_table_and_figures_not_metrics(tracked, tracking_uri_env):
+    import mlflow
+
+    report = tracked.runs["report"]
+    assert report.data.metrics == {}
+    assert json.loads(report.data.tags["mlflow.loggedArtifacts"]) == [{"path": "summary.json", "type": "table"}]
+    logged = mlflow.artifacts.load_dict(f"runs:/{report.info.run_id}/summary.json")  # what mlflow.load_table reads
+    table = [dict(zip(logged["columns"], row, strict=True)) for row in logged["data"]]
+    summary = read_csv(tracked.project / "reports/summary.csv")
+    assert [row["model"] for row in table] == [row["model"] for row in summary]
+    assert [row["num_params"] for row in table] == [float(row["num_params"]) for row in summary]
+    figures = mlflow.artifacts.list_artifacts(run_id=report.info.run_id, artifact_path="figures")
+    assert {Path(f.path).name for f in figures} == {p.name for p in (tracked.project / "reports/figures").iterdir()}
+
+
+@pytest.mark.slow
+def test_readme_tracking_section_names_only_what_is_logged(tracked):
+    """Every tag, param section, metric, dataset field, image key and model name the README's list of what
+    each run holds names (in backticks) is one the tiny pipeline's runs really have."""
+    from mlflow import MlflowClient
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Tracking (MLflow)") :]
+    held = section[section.index("What each run holds:") : section.index("```bash", section.index("What each"))]
+    client = MlflowClient(tracked.uri)
+    logged = {"champion"} | {run.info.run_name for run in tracked.runs.values()}
+    models = set()
+    for run in tracked.runs.values():
+        logged |= set(run.data.tags) | {run.data.tags["stage"]} | set(run.data.metrics)
+        logged |= {k.split(".")[0] for k in run.data.params}
+        for item in run.inputs.dataset_inputs:
+            logged |= {t.value for t in item.tags} | set(json.loads(item.dataset.profile))
+        for output in run.outputs.model_outputs:
+            models.add(client.get_logged_model(output.model_id).name)
+        images = client.list_artifacts(run.info.run_id, "images")
+        logged |= {Path(f.path).name.split("+")[0] for f in images}
+    for version in client.search_model_versions(f"name = '{REGISTERED}'"):
+        logged |= set(version.tags)
+    named = set(re.findall(r"`([a-z][a-z0-9_]*)`", held))
+    assert named - logged == set()
+    assert set(re.findall(r"`((?:sparse|pruned|finetuned)-[^`]+)`", held)) <= models
+    assert {"sparse-1e-4", "pruned-0_9", "finetuned-0_9"} <= models
 
 
 # ---- failures ----------------------------------------------------------------------------------------
@@ -329,22 +502,33 @@ def test_a_stage_that_raises_is_marked_failed_and_the_next_run_starts(in_process
     assert runs["train λ=1e-4"].data.tags["stage"] == "train"
 
 
-def test_champion_goes_to_the_best_feasible_version(in_process_mlflow, tiny_data):
-    """Versions logged in turn: infeasible ones never hold the alias, a worse feasible one does not take it."""
+def test_champion_goes_to_the_best_feasible_version_across_ratios(in_process_mlflow, tiny_data):
+    """Versions of both ratios logged in turn into one registered model: infeasible ones never hold the
+    alias, a worse feasible one does not take it, a better one of another ratio does."""
     from mlflow import MlflowClient
 
     config = config_from_dict({"tracking": {"uri": in_process_mlflow, "experiment": "registry"}})
+    registered = "netslim-resnet50-cifar10"  # the config's architecture and dataset
     client = MlflowClient(in_process_mlflow)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
     champions = []
-    for feasible, score in ((True, 0.5), (False, 0.9), (True, 0.4), (True, 0.7)):
-        with tracking.stage_run(config, "finetune", "finetune 90%") as run:
-            run.model(model, "model", tiny_data.test.images[:2], tiny_data.mean, tiny_data.std, "tiny", feasible, score)
+    logged = [("0.9", True, 0.5), ("0.5", False, 0.9), ("0.5", True, 0.4), ("0.5", True, 0.7)]
+    for ratio, feasible, score in logged:
+        with tracking.stage_run(config, "finetune", f"finetune {ratio}", ratio=ratio) as run:
+            metrics = {"val_acc": score, "num_params": 12_292, "meets_constraints": feasible}
+            run.model(model, tiny_data.test.images[:2], tiny_data.mean, tiny_data.std, register=True, metrics=metrics)
         assert not run.lost, run.lost
-        champions.append(str(client.get_model_version_by_alias("tiny", "champion").version))
+        champions.append(str(client.get_model_version_by_alias(registered, "champion").version))
     assert champions == ["1", "1", "1", "4"]
-    tags = client.get_model_version("tiny", "2").tags
-    assert (tags["meets_constraints"], tags["val_acc"]) == ("false", "0.900000")
+    tags = client.get_model_version(registered, "2").tags
+    assert {k: tags[k] for k in ("meets_constraints", "val_acc", "num_params", "ratio")} == {
+        "meets_constraints": "false",
+        "val_acc": "0.9",
+        "num_params": "12292",
+        "ratio": "0.5",
+    }
+    [output] = client.get_run(client.get_model_version(registered, "4").run_id).outputs.model_outputs
+    assert client.get_logged_model(output.model_id).name == "finetuned-0_5"
 
 
 @pytest.mark.slow
@@ -382,7 +566,7 @@ def test_server_lost_mid_run_does_not_stop_training(tmp_path):
     history = read_csv(project / "reports/train/1e-4/history.csv")
     assert [int(row["epoch"]) for row in history] == list(range(1, epochs + 1))
     metrics = json.loads((project / "reports/train/1e-4/metrics.json").read_text())
-    assert {"best_val_acc", "test_acc", "sparsity", "params"} <= set(metrics)
+    assert {"best_val_acc", "test_acc", "sparsity", "num_params"} <= set(metrics)
     assert (project / "models/sparse/1e-4/best.pt").is_file()
     assert f"warning: MLflow at {server.uri} stopped answering" in stderr
     assert "log_metrics(step=" in stderr and "end_run(FINISHED)" in stderr, stderr[-3000:]
@@ -466,3 +650,84 @@ def test_python_env_lists_the_package_dependencies():
     assert parsed([d for d in env.dependencies if d != "."]) == parsed(required)
     assert "." in env.dependencies  # netslim itself, for the `netslim` command of every entry point
     assert env.python == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+# ---- the UI link ----------------------------------------------------------------------------------------
+
+
+def test_ui_link_opens_the_runs_table_of_the_experiment(in_process_mlflow, tmp_path):
+    """What `make ui` prints first: the runs view of the params' experiment in the UI's store (not the
+    GenAI traces page MLflow 3 opens by default); before any run, the experiment list, and no store is made."""
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(in_process_mlflow).create_experiment("ui-link")
+    write_params(tmp_path / "params.yaml", {"tracking": {"experiment": "ui-link"}})
+    helper = [sys.executable, "-m", "netslim.tracking", "--port", "5123"]
+    env = child_env("")
+    shown = subprocess.run(
+        [*helper, "--backend-store-uri", in_process_mlflow], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    url = f"http://127.0.0.1:5123/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    assert shown.stdout.split()[:3] == ["MLflow", "UI:", url]
+    empty = subprocess.run(
+        [*helper, "--backend-store-uri", f"sqlite:///{tmp_path}/none.db"], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert empty.stdout.decode().split()[2] == "http://127.0.0.1:5123/#/experiments"
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_make_ui_prints_the_link_for_the_store_and_port_it_serves():
+    dry = subprocess.run(["make", "-n", "ui", "UI_PORT=5123"], cwd=ROOT, capture_output=True, text=True, check=True)
+    lines = dry.stdout.replace("\\\n", " ").splitlines()
+    [link] = [shlex.split(line) for line in lines if "-m netslim.tracking" in line]
+    [serve] = [shlex.split(line) for line in lines if " ui " in f" {line} " and "mlflow" in line]
+    option = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
+    for name in ("--backend-store-uri", "--host", "--port"):
+        assert option(link, name) == option(serve, name), name
+    assert option(serve, "--port") == "5123"
+    order = [i for i, line in enumerate(lines) if "-m netslim.tracking" in line or "mlflow ui" in line]
+    assert "-m netslim.tracking" in lines[order[0]]  # the link comes before the server blocks the terminal
+
+
+def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow, tmp_path):
+    """The same paths as the CLI stages, against the SQLite store: dvc.yaml's params, the prepared splits as
+    inputs, and a checkpoint's run id leading the next run back to it."""
+    from mlflow import MlflowClient
+
+    from netslim.models import build_model
+
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    prepared = tmp_path / "data/prepared"
+    prepared.mkdir(parents=True)
+    sizes = {"train": 3, "val": 2, "test": 1}
+    for split in sizes:
+        (prepared / f"{split}.pt").write_bytes(split.encode())
+    meta = {"dataset": "fashion-mnist", "num_classes": 10, "sizes": sizes}
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    config = config_from_dict({"tracking": {"uri": in_process_mlflow, "experiment": "lineage"}})
+    model = build_model("resnet50", 4, width=0.0625)
+    with tracking.stage_run(config, "prune", "prune 90%", ratio="0.9") as prune:
+        prune.save_model(tmp_path / "pruned.pt", model, {"stage": "prune", tracking.RUN_ID_KEY: "stale"})
+    with tracking.stage_run(config, "finetune", "finetune 90%", ratio="0.9") as finetune:
+        finetune.source(tmp_path / "pruned.pt")
+    assert not prune.lost and not finetune.lost, prune.lost + finetune.lost
+
+    client = MlflowClient(in_process_mlflow)
+    tags = client.get_run(finetune.run_id).data.tags
+    assert (tags["source_run_id"], tags["source_stage"]) == (prune.run_id, "prune")
+    checkpoint_hash = client.get_run(prune.run_id).data.tags["checkpoint_sha256/pruned.pt"]
+    assert tags["source_sha256"] == checkpoint_hash == file_sha256(tmp_path / "pruned.pt")
+    run = client.get_run(finetune.run_id)
+    assert set(run.data.params) == {f"finetune.{k}" for k in ("epochs", "batch_size", "lr", "weight_decay")} | {
+        "finetune.milestones",
+        "finetune.lr_gamma",
+        "experiment.seed",
+        "experiment.deterministic",
+        "constraints.min_accuracy",
+        "constraints.max_params",
+    }
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert {split: json.loads(d.profile)["num_images"] for split, d in inputs.items()} == sizes
+    assert {d.name for d in inputs.values()} == {"fashion-mnist"}
+    assert inputs["val"].digest == file_sha256(prepared / "val.pt")[:12]

@@ -120,7 +120,13 @@ def _reference(inputs: ReportInputs) -> dict[str, Any]:
     Every prune run measures the unpruned model again next to its pruned one (interleaved, so each speedup is
     fair); for the unpruned row one of those measurements is as good as another.
     """
-    keys = ("macs_unpruned", "flops_unpruned", "throughput_b1_unpruned", "throughput_b64_unpruned", "params_unpruned")
+    keys = (
+        "macs_unpruned",
+        "flops_unpruned",
+        "throughput_b1_unpruned",
+        "throughput_b64_unpruned",
+        "num_params_unpruned",
+    )
     out: dict[str, Any] = {}
     for metrics in inputs.prune_metrics.values():
         for key in keys:
@@ -145,7 +151,7 @@ def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, An
     unpruned = {
         "stage": "train",
         "ratio": 0.0,
-        "params": number(train, "params") or number(ref, "params_unpruned"),
+        "num_params": number(train, "num_params") or number(ref, "num_params_unpruned"),
         "macs": macs,
         "flops": number(ref, "flops_unpruned") or (2 * macs if macs is not None else None),
         "throughput_b1": number(ref, "throughput_b1_unpruned"),
@@ -172,12 +178,12 @@ def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, An
                 "stage": stage,
                 "ratio": number(pm, "ratio_used"),
                 "test_acc": number(metrics, acc_key),
-                "params": number(metrics, "params"),
+                "num_params": number(metrics, "num_params"),
                 "macs": macs,
                 "flops": _flops(metrics, macs),
             } | speed
     for row in rows.values():
-        row["meets_constraints"] = meets_constraints(config.constraints, row["test_acc"], row["params"])
+        row["meets_constraints"] = meets_constraints(config.constraints, row["test_acc"], row["num_params"])
     return rows
 
 
@@ -335,7 +341,7 @@ def model_comparison(
     _bars(acc, names, column("test_acc", 0.01), colors, lambda v: f"{v:.1f}%")
     acc.axvline(constraints.min_accuracy * 100, color="tab:red", ls="--")
     acc.set(title=f"Test accuracy (dashed: min {constraints.min_accuracy:.0%})", xlabel="accuracy (%)")
-    _bars(params, names, column("params", 1e6), colors, lambda v: f"{v:.2f} M")
+    _bars(params, names, column("num_params", 1e6), colors, lambda v: f"{v:.2f} M")
     params.axvline(constraints.max_params / 1e6, color="tab:red", ls="--")
     params.set(title=f"Parameters (dashed: max {constraints.max_params / 1e6:g} M)", xlabel="parameters (millions)")
     _bars(macs, names, column("macs", 1e6), colors, lambda v: f"{v:,.1f} M")
@@ -430,7 +436,7 @@ def _comparison(rows: list[dict[str, Any]]) -> str:
         [
             r["model"],
             fmt_acc(r["test_acc"]),
-            fmt_int(r["params"]),
+            fmt_int(r["num_params"]),
             fmt_millions(r["macs"]),
             fmt_millions(r["flops"]),
             fmt_rate(r["throughput_b1"]),
@@ -481,8 +487,8 @@ def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> lis
         misses = []
         if r["test_acc"] < constraints.min_accuracy:
             misses.append(f"accuracy {fmt_acc(r['test_acc'])} < {fmt_acc(constraints.min_accuracy)}")
-        if r["params"] > constraints.max_params:
-            misses.append(f"params {fmt_int(r['params'])} > {fmt_int(constraints.max_params)}")
+        if r["num_params"] > constraints.max_params:
+            misses.append(f"params {fmt_int(r['num_params'])} > {fmt_int(constraints.max_params)}")
         lines.append(f"- {r['model']}: " + ("**meets** both" if not misses else "misses: " + "; ".join(misses)))
     feasible = [r for r in rows if r["meets_constraints"] and r["stage"] == "finetune"]
     if feasible:

@@ -4,27 +4,37 @@
   (no server needed; `make ui` shows it). An http(s) URI is checked before any work starts.
 - Runs: readable names (`train λ=1e-4`, `prune 90%`), tags for stage, arch, dataset, λ, ratio, the git
   commit and a pipeline id shared by every stage of one `dvc repro` (or `mlflow run`, or `make demo`).
+- Params: exactly the keys `dvc.yaml` lists for the stage (a section expands to its keys), with the
+  values as written in params.yaml, so the run's params are what DVC tracks for it and nothing else.
+- Lineage: a checkpoint records the run that wrote it; the run that loads it tags that run's id and
+  the file's hash (`source_run_id`, `source_sha256`). The prepared splits are the runs' dataset inputs.
 - Failure: a run whose stage raises is ended FAILED. If the server goes away mid-run, the stage goes
   on (its DVC outputs matter more than its charts); the calls that were lost are listed in one warning.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import hashlib
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from netslim.config import Config, lambda_label
+from ruamel.yaml import YAML, YAMLError
+
+from netslim.config import Config, lambda_label, load_config, read_yaml
 
 if TYPE_CHECKING:
     import torch
@@ -127,16 +137,116 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:120]}" if text else type(e).__name__
 
 
+# ---- what dvc.yaml says a stage reads and writes ---------------------------------------------------------
+
+_TEMPLATE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A dvc.yaml stage as tracking needs it: its params keys as listed, its deps and outs with ${} resolved."""
+
+    params: tuple[str, ...]
+    deps: tuple[Path, ...]
+    outs: tuple[Path, ...]
+
+
+def dvc_stage(stage: str, config: Config, dvc_yaml: str | Path = "dvc.yaml") -> StageSpec | None:
+    """The stage's entry in dvc.yaml (for a foreach stage, its `do`); None without such a file or stage."""
+    path = Path(dvc_yaml)
+    if not path.is_file():
+        return None
+    try:
+        stages = (read_yaml(path.read_text()) or {}).get("stages") or {}
+    except (YAMLError, AttributeError):
+        return None  # DVC itself reports a broken dvc.yaml; tracking just logs no params
+    entry = stages.get(stage)
+    if not isinstance(entry, dict):
+        return None
+    entry = entry.get("do", entry)
+    flat = config.to_flat_dict()
+
+    def resolve(text: str) -> Path:  # ${paths.prepared} -> data/prepared; ${item} stays as written
+        return Path(_TEMPLATE.sub(lambda m: str(flat.get(m.group(1), m.group(0))), str(text)))
+
+    def paths(key: str) -> tuple[Path, ...]:  # an entry is a path, or {path: {cache: false, ...}}
+        return tuple(resolve(p) for item in entry.get(key) or [] for p in (item if isinstance(item, dict) else [item]))
+
+    keys: list[str] = []
+    for item in entry.get("params") or []:
+        if not isinstance(item, dict):
+            keys.append(str(item))
+            continue
+        for file, listed in item.items():  # {params file: [keys]}; only params.yaml feeds the config
+            if Path(file).name == "params.yaml":
+                keys.extend(listed if listed else sorted({k.split(".")[0] for k in flat}))
+    return StageSpec(tuple(keys), paths("deps"), paths("outs") + paths("metrics") + paths("plots"))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (tree or {}).items() if isinstance(tree, dict) else ():
+        name = f"{prefix}{key}"
+        out |= _flatten(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return out
+
+
+def param_text(value: Any) -> str:
+    """A value as YAML would write it: null, true, [0.5, 0.75], 0.001."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(param_text(v) for v in value) + "]"
+    return str(value)
+
+
+def stage_params(spec: StageSpec, config: Config, params_yaml: str | Path = "params.yaml") -> dict[str, str]:
+    """Each key dvc.yaml lists for the stage (a section expands to its keys) with its value as written in
+    params.yaml (`1.0e-3`, not 0.001); a value the file does not hold (a default, a `--set` override) as
+    the config holds it."""
+    flat = config.to_flat_dict()
+    path = Path(params_yaml)
+    text = path.read_text() if path.is_file() else ""
+    written = _flatten(YAML(typ="base").load(text)) if text else {}
+    typed = _flatten(read_yaml(text)) if text else {}
+    out = {}
+    for key in spec.params:
+        for name in (k for k in flat if k == key or k.startswith(f"{key}.")):
+            value = list(flat[name]) if isinstance(flat[name], tuple) else flat[name]
+            same = name in written and typed.get(name) == value
+            out[name] = param_text(written[name]) if same else param_text(value)
+    return out
+
+
+def registered_model_name(arch: str, dataset: str) -> str:
+    """One registered model per architecture and dataset; each fine-tuned model is a version of it."""
+    return f"netslim-{arch}-{dataset}"
+
+
+# What a stage's logged model is, from the run's tags: `sparse-1e-4`, `pruned-0_9`, `finetuned-0_9` (MLflow
+# refuses "." in a logged model's name, so a ratio's point is written "_").
+MODEL_NAMES = {"train": "sparse-{lambda}", "prune": "pruned-{ratio}", "finetune": "finetuned-{ratio}"}
+RUN_ID_KEY = "mlflow_run_id"  # in a checkpoint's provenance: the run that wrote it
+
+
 class Tracker:
     """What a stage logs; every call survives a lost server (recorded, warned about at once and at the end)."""
 
     def __init__(
-        self, mlflow_module: Any | None, log_models: bool = True, register: bool = True, uri: str = ""
+        self,
+        mlflow_module: Any | None,
+        log_models: bool = True,
+        register: bool = True,
+        uri: str = "",
+        tags: dict[str, str] | None = None,
     ) -> None:
         self._mlflow = mlflow_module
         self._log_models = log_models
         self._register = register
         self.uri = uri
+        self.tags = dict(tags or {})  # the run's tags (stage, arch, dataset, lambda, ratio, ...)
         self.lost: list[str] = []
         self.run_id: str | None = None
 
@@ -165,6 +275,9 @@ class Tracker:
         clean = {k: ("null" if v is None else v) for k, v in params.items()}
         self._call("log_params", lambda: self._mlflow.log_params(clean))
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("set_tags", lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+
     def metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self._call(f"log_metrics(step={step})", lambda: self._mlflow.log_metrics(numeric, step=step))
@@ -182,48 +295,109 @@ class Tracker:
     def figure(self, figure: Any, filename: str) -> None:
         self._call(f"log_figure({filename})", lambda: self._mlflow.log_figure(figure, filename))
 
+    def table(self, rows: list[dict[str, Any]], filename: str) -> None:
+        """Rows as an MLflow table (the UI's artifact view shows it as one; mlflow.load_table reads it)."""
+        import pandas as pd
+
+        self._call(f"log_table({filename})", lambda: self._mlflow.log_table(pd.DataFrame(rows), filename))
+
+    def datasets(self, prepared: Path) -> None:
+        """The prepared splits as the run's dataset inputs: name, a digest of the split's file, its size."""
+        if self._mlflow is None or not (prepared / "meta.json").is_file():
+            return
+        from netslim.io import file_sha256
+
+        meta = json.loads((prepared / "meta.json").read_text())
+        splits = list(meta["sizes"])
+        found = [
+            _split_dataset(
+                prepared / f"{split}.pt",
+                name=str(meta["dataset"]),
+                digest=file_sha256(prepared / f"{split}.pt")[:12],
+                profile={"num_images": int(meta["sizes"][split]), "num_classes": int(meta["num_classes"])},
+            )
+            for split in splits
+        ]
+        self._call("log_inputs", lambda: self._mlflow.log_inputs(found, splits, [None] * len(splits)))
+
+    def save_model(self, path: str | Path, model: nn.Module, provenance: dict[str, Any]) -> None:
+        """Write the checkpoint with this run's id in its provenance (the stage that loads it tags this run as
+        its source) and tag its hash; without tracking, a run id inherited from the source is dropped."""
+        from netslim.io import file_sha256
+        from netslim.models import save_model
+
+        own = {RUN_ID_KEY: self.run_id} if self.run_id else {}
+        save_model(path, model, {k: v for k, v in provenance.items() if k != RUN_ID_KEY} | own)
+        if self.enabled:
+            self.set_tags({f"checkpoint_sha256/{Path(path).name}": file_sha256(path)})
+
+    def source(self, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
+        """Tag the checkpoint this stage loads: its path and hash, and the run and stage that wrote it.
+
+        Args:
+            provenance: the checkpoint's provenance when the caller has it (else read from the file).
+        """
+        if self._mlflow is None:
+            return
+        from netslim.io import file_sha256, load_checkpoint
+
+        if provenance is None:
+            provenance = load_checkpoint(path).get("provenance") or {}
+        tags = {"source_checkpoint": str(path), "source_sha256": file_sha256(path)}
+        if provenance.get(RUN_ID_KEY):
+            tags |= {"source_run_id": provenance[RUN_ID_KEY], "source_stage": provenance.get("stage", "")}
+        self.set_tags(tags)
+
     def gamma_histogram(self, model: nn.Module, epoch: int, label: str) -> None:
-        """A figure of the prunable γ at this epoch, and the raw values as a file."""
+        """The prunable γ at this epoch as an image with step = epoch (the UI's image chart walks through
+        them with a slider), and the raw values as a file."""
         if self._mlflow is None:
             return
         if self.lost:  # no figure to draw for a server that is gone
             self.lost.append(f"gamma_histogram(epoch={epoch})")
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         from netslim.slimming.sparsity import prunable_gammas
 
         gammas = prunable_gammas(model).numpy()
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig = Figure(figsize=(5, 3.2), dpi=100, layout="tight")
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.subplots()
         ax.hist(gammas, bins=80, color="tab:blue")
         ax.set(xlabel="γ (BN scaling factor)", ylabel="channels", title=f"λ={label}, epoch {epoch}")
-        fig.tight_layout()
-        self.figure(fig, f"gamma_hist/epoch_{epoch:03d}.png")
-        plt.close(fig)
+        canvas.draw()
+        image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        self._call(
+            f"log_image(gamma_histogram, step={epoch})",
+            lambda: self._mlflow.log_image(image, key="gamma_histogram", step=epoch, synchronous=True),
+        )
         self.dict({"epoch": epoch, "gammas": gammas.tolist()}, f"gamma_values/epoch_{epoch:03d}.json")
+
+    def model_name(self) -> str:
+        try:
+            return MODEL_NAMES[self.tags["stage"]].format_map(self.tags).replace(".", "_")
+        except KeyError:
+            return self.tags.get("stage", "model")
 
     def model(
         self,
         model: nn.Module,
-        name: str,
         example_images: torch.Tensor,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        register_as: str | None = None,
-        feasible: bool | None = None,
-        score: float | None = None,
+        register: bool = False,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
-        """Log with signature and input example; optionally register and maintain the `champion` alias.
+        """Log with signature and input example, named after what it is (`pruned-0_9`; MODEL_NAMES).
 
         Args:
             example_images: a few uint8 NHWC images (more than one, so the batch dimension stays dynamic).
-            register_as: registered model name; None logs without registering.
-            feasible: whether the model meets the constraints (tagged on the version; only feasible
-                versions can hold `champion`).
-            score: what ranks feasible versions for `champion` (validation accuracy).
+            register: add it as a version of its architecture's and dataset's registered model, tagged
+                with `metrics`; the best feasible version (by val_acc, among those whose
+                `meets_constraints` is true) holds the alias `champion`.
         """
         if self._mlflow is None or not self._log_models:
             return
@@ -236,7 +410,10 @@ class Tracker:
         example = normalize(example_images.cpu(), mean, std).contiguous()
         with torch.inference_mode():
             output = model(example).numpy()
-        register = register_as if self._register else None
+        name = self.model_name()
+        registered = None
+        if register and self._register:
+            registered = registered_model_name(self.tags.get("arch", "model"), self.tags.get("dataset", "data"))
 
         def log() -> Any:
             from mlflow.models import infer_signature
@@ -250,36 +427,58 @@ class Tracker:
                 input_example=example.numpy(),
                 serialization_format="pt2",
                 pip_requirements=self._mlflow.pytorch.get_default_pip_requirements(),
-                registered_model_name=register,
+                registered_model_name=registered,
             )
 
         info = self._call(f"log_model({name})", log)
-        if info is not None and register and feasible is not None:
-            if score is not None and not math.isfinite(score):
-                score = None
-            self._call(f"{CHAMPION} alias", lambda: self._update_champion(register, info, feasible, score))
+        if info is not None and registered:
+            self._call(f"{CHAMPION} alias", lambda: self._register_version(registered, info, metrics or {}))
 
-    def _update_champion(self, registered: str, info: Any, feasible: bool, score: float | None) -> None:
-        """Tag the new version; the best feasible version (by score) holds `champion`."""
+    def _register_version(self, registered: str, info: Any, metrics: dict[str, Any]) -> None:
+        """Tag the new version with its metrics and constraint verdict; move `champion` to it if it is
+        feasible and its val_acc is at least the current champion's (ties go to the newer version)."""
         client = self._mlflow.MlflowClient()
         version = str(info.registered_model_version)
-        client.set_model_version_tag(registered, version, "meets_constraints", str(bool(feasible)).lower())
-        if score is not None:
-            client.set_model_version_tag(registered, version, "val_acc", f"{score:.6f}")
+        feasible = bool(metrics.get("meets_constraints"))
+        tags = {k: param_text(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        tags |= {k: self.tags[k] for k in ("lambda", "ratio") if k in self.tags}
+        tags["meets_constraints"] = param_text(feasible)
+        for key, value in tags.items():
+            client.set_model_version_tag(registered, version, key, value)
         if not feasible:
             return
+        score = float(metrics.get("val_acc", -math.inf))
         try:
             current = client.get_model_version_by_alias(registered, CHAMPION)
             current_score = float(current.tags.get("val_acc", "-inf"))
         except self._mlflow.exceptions.MlflowException:  # no champion yet
             current_score = -math.inf
-        if score is None or score >= current_score:  # ties go to the newer version
+        if not math.isnan(score) and score >= current_score:
             client.set_registered_model_alias(registered, CHAMPION, version)
+
+
+def _split_dataset(path: Path, name: str, digest: str, profile: dict[str, int]) -> Any:
+    """An MLflow dataset that only describes a prepared split (its file stays where it is)."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    class PreparedSplit(MetaDataset):
+        @property
+        def profile(self) -> dict[str, int]:
+            return profile
+
+        def to_dict(self) -> dict[str, str]:
+            return super().to_dict() | {"profile": json.dumps(profile)}
+
+    return PreparedSplit(LocalArtifactDatasetSource(str(path.resolve())), name=name, digest=digest)
 
 
 @contextlib.contextmanager
 def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, **tags: Any) -> Iterator[Tracker]:
     """One MLflow run around a stage; FAILED if the stage raises, FINISHED otherwise.
+
+    When dvc.yaml (in the working directory) has the stage, the run logs the params it lists for it, and
+    the prepared splits as dataset inputs if the stage reads them (or, after it succeeds, writes them).
 
     Args:
         nested: start the run under the active run of this process (search trials under the study).
@@ -312,6 +511,8 @@ def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, *
     project_run = os.environ.pop(PROJECT_RUN_ENV, None)
     if project_run and not nested:
         all_tags["mlflow.parentRunId"] = project_run
+    spec = dvc_stage(stage, config)
+    prepared = Path(config.paths.prepared)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -320,11 +521,17 @@ def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, *
         active = mlflow.start_run(run_name=run_name, tags=all_tags, nested=nested)
     except Exception as e:  # noqa: BLE001 - whatever the store raises, the stage must stop here with the URI
         raise TrackingError(f"MLflow tracking URI {uri}: cannot start a run ({_first_line(e)})") from None
-    tracker = Tracker(mlflow, config.tracking.log_models, config.tracking.register_models, uri)
+    tracker = Tracker(mlflow, config.tracking.log_models, config.tracking.register_models, uri, all_tags)
     tracker.run_id = active.info.run_id
+    if spec is not None:
+        tracker.params(stage_params(spec, config))
+        if prepared in spec.deps:
+            tracker.datasets(prepared)
     status = "FINISHED"
     try:
         yield tracker
+        if spec is not None and prepared in spec.outs:
+            tracker.datasets(prepared)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -349,3 +556,46 @@ def _end_run(mlflow: Any, tracker: Tracker, status: str) -> None:
             f"warning: MLflow at {tracker.uri} stopped answering; {len(lost)} call(s) lost: {'; '.join(shown)}",
             file=sys.stderr,
         )
+
+
+# ---- the UI ---------------------------------------------------------------------------------------------
+
+# MLflow 3 opens an experiment on its GenAI traces page; this view is the runs table of classic ML runs.
+RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+
+
+def runs_view_url(base_url: str, experiment_id: str | None) -> str:
+    """The link that opens the experiment's runs table; the experiment list when it has no runs yet."""
+    base = base_url.rstrip("/") + "/"
+    return base + (RUNS_VIEW.format(id=experiment_id) if experiment_id is not None else "#/experiments")
+
+
+def experiment_id(uri: str, name: str) -> str | None:
+    """The id of the active experiment `name` in the store at `uri`; None if it has none (a SQLite file
+    that does not exist yet is left for the server to create)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(uri).get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None and experiment.lifecycle_stage == "active" else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m netslim.tracking --port 5000` (what `make ui` runs first): print the runs-view link."""
+    parser = argparse.ArgumentParser(prog="python -m netslim.tracking", description=main.__doc__)
+    parser.add_argument("--backend-store-uri", default=DEFAULT_URI, help=f"the UI's store (default: {DEFAULT_URI})")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--params", default="params.yaml", help="where tracking.experiment is read")
+    args = parser.parse_args(argv)
+    name = load_config(args.params).tracking.experiment if Path(args.params).is_file() else "netslim"
+    found = experiment_id(args.backend_store_uri, name)
+    url = runs_view_url(f"http://{args.host}:{args.port}", found)
+    note = f"the runs of experiment {name!r}" if found else f"no {name!r} runs in {args.backend_store_uri} yet"
+    print(f"MLflow UI: {url}  ({note})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

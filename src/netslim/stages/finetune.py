@@ -13,7 +13,7 @@ from netslim.data import load_prepared
 from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, load_checkpoint, write_csv, write_json
 from netslim.measure import model_summary
-from netslim.models import model_from_checkpoint, save_model
+from netslim.models import model_from_checkpoint
 from netslim.stages.common import Layout, fit_settings
 
 
@@ -43,7 +43,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     tags = {"ratio": label, "lambda": str(prov.get("lambda", "")), "arch": model.arch, "dataset": config.data.dataset}
     percent = label if label == BUDGET else f"{float(label) * 100:g}%"
     with tracking.stage_run(config, "finetune", f"finetune {percent}", **tags) as run:
-        run.params({f"finetune.{k}": v for k, v in vars(config.finetune).items()} | {"ratio": label})
+        run.source(source, prov)
         source_hash = file_sha256(source)
         result = fit(
             model,
@@ -66,13 +66,13 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             "val_acc": best["val_acc"],
             "test_acc": best["test_acc"],
             "final_test_acc": result.history[-1]["test_acc"],
-            "params": summary["params"],
+            "num_params": summary["params"],
             "macs": summary["macs"],
             "flops": summary["flops"],
             "meets_constraints": config.constraints.met_by(best["test_acc"], summary["params"]),
         }
         out = layout.finetuned(label)
-        save_model(
+        run.save_model(
             out,
             model,
             prov
@@ -87,20 +87,11 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
         write_json(layout.finetune_reports(label) / "metrics.json", metrics)
         # val_acc and test_acc are per-epoch curves too; the best epoch's values need names of their own
         run.metrics({(f"best_{k}" if k in ("val_acc", "test_acc") else k): float(v) for k, v in metrics.items()})
-        run.model(
-            model,
-            "model",
-            data.test.images[:2],
-            data.mean,
-            data.std,
-            register_as=f"netslim-{model.arch}-{label}",
-            feasible=metrics["meets_constraints"],
-            score=metrics["val_acc"],
-        )
+        run.model(model, data.test.images[:2], data.mean, data.std, register=True, metrics=metrics)
     layout.state("finetune", label).unlink(missing_ok=True)
     print(
         f"finetune {percent}: test acc {metrics['test_acc']:.4f} (best epoch {result.best_epoch}), "
-        f"params {metrics['params']:,}, MACs {metrics['macs']:,}, meets constraints: {metrics['meets_constraints']}"
+        f"params {metrics['num_params']:,}, MACs {metrics['macs']:,}, meets constraints: {metrics['meets_constraints']}"
         f" -> {out}"
     )
     return 0

@@ -18,7 +18,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     with tracking.stage_run(config, "prepare", f"prepare {config.data.dataset}") as run:
         meta = prepare(config.data, config.experiment.seed, config.paths.raw, layout.prepared)
-        run.params({f"data.{k}": v for k, v in vars(config.data).items()})
         run.metrics({f"{split}_images": n for split, n in meta["sizes"].items()})
     sizes = ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
     print(f"prepared {config.data.dataset} into {layout.prepared}: {sizes}")

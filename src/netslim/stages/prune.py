@@ -16,7 +16,7 @@ from netslim.data import PreparedData, load_prepared
 from netslim.engine import evaluate, resolve_device
 from netslim.io import file_sha256, write_csv, write_json
 from netslim.measure import channels_per_layer, compare_models
-from netslim.models import load_model, save_model
+from netslim.models import load_model
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
 from netslim.slimming.surgery import PruneResult, prune
 from netslim.stages.common import Layout
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     by = {"target_params": config.prune.target_params} if target == BUDGET else {"ratio": target}
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     with tracking.stage_run(config, "prune", f"prune {_percent(label)}", **tags) as run:
-        run.params({f"prune.{k}": v for k, v in vars(config.prune).items()} | {"ratio": label, "source": str(source)})
+        run.source(source)
         results = {
             compensate: prune(sparse, min_channels=config.prune.min_channels, bias_compensation=compensate, **by)
             for compensate in (True, False)
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "source_sha256": file_sha256(source),
         }
         out = layout.pruned(label)
-        save_model(out, result.model, provenance)
+        run.save_model(out, result.model, provenance)
         channels = channels_per_layer(result.model)
         before = channels_per_layer(sparse)
         write_csv(
@@ -85,10 +85,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         write_json(layout.prune_reports(label) / "metrics.json", metrics)
         run.metrics(metrics)
         run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
-        run.model(result.model, "model", data.test.images[:2], data.mean, data.std)
+        run.model(result.model, data.test.images[:2], data.mean, data.std)
     print(
         f"prune {label} (λ={lam}): ratio {result.ratio:.4f}, threshold {result.threshold:.4g}\n"
-        f"  params {metrics['params_unpruned']:,} -> {metrics['params']:,}, "
+        f"  params {metrics['num_params_unpruned']:,} -> {metrics['num_params']:,}, "
         f"MACs {metrics['macs_unpruned']:,} -> {metrics['macs']:,} (FLOPs = 2×MACs: {metrics['flops']:,})\n"
         f"  test acc {unpruned_acc:.4f} -> {acc[chosen]:.4f} before fine-tuning ({chosen}; "
         + ", ".join(f"{name} {value:.4f}" for name, value in acc.items())
@@ -139,8 +139,8 @@ def _percent(label: str) -> str:
 def speed_metrics(speed: dict) -> dict[str, float]:
     """compare_models' nested result as flat metric names: `<what>` of the pruned model, `<what>_unpruned`."""
     flat = {
-        "params": speed["pruned"]["params"],
-        "params_unpruned": speed["reference"]["params"],
+        "num_params": speed["pruned"]["params"],
+        "num_params_unpruned": speed["reference"]["params"],
         "macs": speed["pruned"]["macs"],
         "macs_unpruned": speed["reference"]["macs"],
         "flops": speed["pruned"]["flops"],

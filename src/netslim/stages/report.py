@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         atomic_write_text(out / "report.md", text)  # last: its links point at the files above
         for name, fig in figures.items():
             tracker.figure(fig, f"figures/{name}")
-        tracker.metrics({f"{model}/{key}": value for model, values in metrics.items() for key, value in values.items()})
+        tracker.table(list(rows.values()), "summary.json")
         tracker.artifact(out / "report.md")
         tracker.artifact(out / "summary.csv")
     print(f"report: {len(pngs)} figures, {len(rows)} models -> {out / 'report.md'}")

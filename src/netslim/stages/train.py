@@ -14,7 +14,7 @@ from netslim.config import Config, lambda_label, parse_lambda
 from netslim.data import load_prepared
 from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, write_csv, write_json
-from netslim.models import build_model, count_params, prunable_batchnorms, save_model
+from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.slimming.sparsity import init_bn_scale
 from netslim.stages.common import Layout, fit_settings
 
@@ -56,7 +56,6 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}
     with tracking.stage_run(config, "train", f"train λ={label}", **tags) as run:
-        run.params(config.to_flat_dict() | {"lambda": lam})
 
         def on_epoch(record: dict, m: torch.nn.Module) -> None:
             run.epoch(record)
@@ -82,9 +81,10 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             return 0
         provenance = {"stage": "train", "lambda": lam, "dataset": config.data.dataset, "epochs": settings.epochs}
         out = layout.sparse_dir(label)
-        save_model(out / "last.pt", model, provenance | {"epoch": settings.epochs})
+        run.save_model(out / "last.pt", model, provenance | {"epoch": settings.epochs})
         model.load_state_dict(result.best_state)
-        save_model(out / "best.pt", model, provenance | {"epoch": result.best_epoch})
+        run.save_model(out / "best.pt", model, provenance | {"epoch": result.best_epoch})
+        run.model(model, data.test.images[:2], data.mean, data.std)
         reports = layout.train_reports(label)
         write_csv(reports / "history.csv", result.history)
         write_csv(reports / "gammas.csv", gamma_rows(model))
@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             "sparsity": result.history[result.best_epoch - 1]["sparsity"],
             # optimizer steps of the whole run: how far λ could push γ (a short run needs a larger λ)
             "steps": settings.epochs * max(1, len(data.train) // settings.batch_size),
-            "params": count_params(model),
+            "num_params": count_params(model),
         }
         write_json(reports / "metrics.json", metrics)
         # test_acc and sparsity are per-epoch curves too; the best epoch's values need names of their own
