@@ -140,7 +140,11 @@ def test_an_architecture_registered_from_outside_prunes_and_reloads(monkeypatch,
 
 @pytest.mark.slow
 def test_resnet56_runs_through_dvc_repro_and_its_pruned_models_reload_and_match(tmp_path) -> None:
-    """`model.arch: resnet56` is the only change: train, prune 50% and 90%, fine-tune, report, all by DVC."""
+    """`model.arch: resnet56` is the only change: train, prune 50% and 90%, fine-tune, all by DVC.
+
+    The report stage is left out (`dvc repro finetune`) to keep this test short; it reads only CSV and
+    JSON files, which are the same whatever the architecture.
+    """
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo)
@@ -151,8 +155,8 @@ def test_resnet56_runs_through_dvc_repro_and_its_pruned_models_reload_and_match(
     write_params(repo / "params.yaml", params)
     for cmd in (["git", "init", "-q"], [DVC, "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "r56"]):
         run(cmd, repo)
-    stages = ran_stages(run([DVC, "repro"], repo))
-    assert len(stages) == 7, stages  # prepare, train, prune and finetune at 0.5 and 0.9, report
+    stages = ran_stages(run([DVC, "repro", "finetune"], repo))
+    assert len(stages) == 6, stages  # prepare, train, prune and finetune at 0.5 and 0.9
 
     sparse = load_model(repo / "models/sparse/1e-4/best.pt")
     data = load_prepared(repo / "data/prepared")
