@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +15,8 @@ from netslim.measure import (
     count_macs,
     count_params,
     flops_from_macs,
+    interleaved_seconds,
+    interleaved_throughput,
     model_summary,
     throughput,
 )
@@ -82,3 +87,42 @@ def test_compare_models_reports_both_models_and_measured_speedup() -> None:
         assert row["reference_images_per_s"] > 0 and row["pruned_images_per_s"] > 0
         assert row["speedup"] == row["pruned_images_per_s"] / row["reference_images_per_s"]
         assert row["macs_ratio"] == report["macs_ratio"]
+
+
+def test_interleaved_seconds_times_every_runner_in_rotating_order() -> None:
+    calls: list[str] = []
+    runners = [lambda name=name: calls.append(name) for name in "abc"]
+    seconds = interleaved_seconds(runners, repeats=2, warmup=1)
+    assert calls == list("abcbcacab")  # each round starts one runner later
+    assert [len(samples) for samples in seconds] == [2, 2, 2]
+    assert all(s >= 0 for samples in seconds for s in samples)
+
+
+def test_interleaved_seconds_synchronizes_around_every_timed_and_warmup_call() -> None:
+    synced: list[int] = []
+    interleaved_seconds([lambda: None], repeats=3, warmup=2, synchronize=lambda: synced.append(1))
+    assert len(synced) == 2 * (3 + 2)
+
+
+def test_interleaved_throughput_is_images_over_timed_seconds() -> None:
+    def sleeper(seconds: float) -> Callable[[], None]:
+        return lambda: time.sleep(seconds)
+
+    fast, slow = interleaved_throughput([sleeper(0.01), sleeper(0.03)], batch_size=8, repeats=3, warmup=0)
+    assert 8 / 0.01 * 0.5 < fast <= 8 / 0.01  # sleep never returns early; the slack is scheduler jitter
+    assert 8 / 0.03 * 0.5 < slow <= 8 / 0.03
+    assert fast > slow
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"runners": [], "batch_size": 1, "repeats": 1, "warmup": 0}, "runners is empty"),
+        ({"runners": [print], "batch_size": 0, "repeats": 1, "warmup": 0}, "batch_size 0"),
+        ({"runners": [print], "batch_size": 1, "repeats": 0, "warmup": 0}, "repeats 0"),
+        ({"runners": [print], "batch_size": 1, "repeats": 1, "warmup": -1}, "warmup -1"),
+    ],
+)
+def test_interleaved_throughput_rejects_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        interleaved_throughput(**kwargs)

@@ -2,14 +2,16 @@
 
 MACs (multiply-accumulates) are counted by thop; FLOPs are reported as 2 × MACs. Both names are spelled out
 everywhere, because papers use "FLOPs" for either. Throughput is images per second in eval mode under
-torch.inference_mode, so that a pruned model's realised speedup can sit next to its MACs ratio.
+torch.inference_mode, so that a pruned model's realised speedup can sit next to its MACs ratio. Every speed figure
+comes from one timer, `interleaved_seconds`, which times any callables (an eager model, an ONNX Runtime session).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import thop
 import torch
@@ -25,6 +27,8 @@ __all__ = [
     "count_macs",
     "count_params",
     "flops_from_macs",
+    "interleaved_seconds",
+    "interleaved_throughput",
     "model_summary",
     "throughput",
 ]
@@ -65,18 +69,69 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE
     return {"params": count_params(model), "macs": macs, "flops": flops_from_macs(macs)}
 
 
-def _synchronize(device: torch.device) -> None:
+def _synchronizer(device: torch.device) -> Callable[[], None] | None:
+    """What drains `device`'s queue (None where calls return only when their work is done, as on the CPU)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return lambda: torch.cuda.synchronize(device)
+    return None
 
 
-def _seconds(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    """Wall time of one forward pass, the device drained before and after so queued work is not mistimed."""
-    _synchronize(device)
-    start = time.perf_counter()
-    model(x)
-    _synchronize(device)
-    return time.perf_counter() - start
+def interleaved_seconds(
+    runners: Sequence[Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    synchronize: Callable[[], None] | None = None,
+) -> list[list[float]]:
+    """Wall seconds of each call of each runner, the runners taken in turn: the one timer behind every speed figure.
+
+    Each round calls every runner once, starting one runner later than the round before (A B C, B C A, C A B, ...),
+    so drifting clocks or load hit all alike and no runner always runs right after the same other one.
+
+    Args:
+        runners: zero-argument callables, e.g. `lambda: model(x)` or `lambda: session.run(None, feeds)`.
+        repeats: timed rounds; warmup: untimed rounds first (allocator, oneDNN/cuDNN plans, ORT arenas).
+        synchronize: drains an asynchronous device (e.g. `torch.cuda.synchronize`) before and after each timed
+            call, so queued work is charged to the call that queued it; None for synchronous runners.
+
+    Returns:
+        One list of `repeats` seconds per runner, in the order of `runners`.
+    """
+    if not runners:
+        raise ValueError("runners is empty: pass at least one callable to time")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats {repeats} must be >= 1 and warmup {warmup} >= 0")
+    seconds: list[list[float]] = [[] for _ in runners]
+    order = list(range(len(runners)))
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(order)
+        for i in order[shift:] + order[:shift]:
+            if synchronize is not None:
+                synchronize()
+            start = time.perf_counter()
+            runners[i]()
+            if synchronize is not None:
+                synchronize()
+            if round_ >= warmup:
+                seconds[i].append(time.perf_counter() - start)
+    return seconds
+
+
+def interleaved_throughput(
+    runners: Sequence[Callable[[], object]],
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+    synchronize: Callable[[], None] | None = None,
+) -> list[float]:
+    """Images per second of each runner, each call processing one batch of `batch_size` images.
+
+    The runners are timed interleaved by `interleaved_seconds` (see there for `repeats`, `warmup`, `synchronize`);
+    a runner's throughput is all the images it processed over all its timed seconds.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be >= 1")
+    seconds = interleaved_seconds(runners, repeats, warmup, synchronize)
+    return [batch_size * len(samples) / sum(samples) for samples in seconds]
 
 
 def _batch(model: nn.Module, batch_size: int, image_shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -91,7 +146,7 @@ def _timed_throughputs(
     warmup: int,
     image_shape: Sequence[int],
 ) -> list[float]:
-    """Images/s of each model, their timed batches interleaved so drifting clocks or load hit all alike."""
+    """Images/s of each eager model on random inputs, in eval mode under inference_mode, timed interleaved."""
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"batch_size {batch_size} and repeats {repeats} must be >= 1, warmup {warmup} >= 0")
     device = torch.device(device)
@@ -100,19 +155,12 @@ def _timed_throughputs(
     try:
         for m in models:
             m.to(device).eval()
-        inputs = [_batch(m, batch_size, image_shape, device) for m in models]
-        seconds = [0.0] * len(models)
+        runners = [functools.partial(m, _batch(m, batch_size, image_shape, device)) for m in models]
         with torch.inference_mode():
-            for _ in range(warmup):
-                for m, x in zip(models, inputs, strict=True):
-                    _seconds(m, x, device)
-            for _ in range(repeats):
-                for i, (m, x) in enumerate(zip(models, inputs, strict=True)):
-                    seconds[i] += _seconds(m, x, device)
+            return interleaved_throughput(runners, batch_size, repeats, warmup, _synchronizer(device))
     finally:
         for m, training in zip(models, was_training, strict=True):
             m.train(training)
-    return [batch_size * repeats / s for s in seconds]
 
 
 def throughput(
