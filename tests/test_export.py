@@ -286,3 +286,23 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
     )
     assert "| pruned 50% | 1 | 123,456 | 2.5 M | 50.00% | 0.90× |" in text
     assert "| pruned 50% | 8 | 130,000 | 2.7 M | 52.00% | 1.30× |" in text
+
+
+def test_the_pull_request_diff_tables_export_speed_per_model() -> None:
+    """ci-report reads every dvc.yaml metrics file; the export metrics, nested by model, become one table each."""
+    from netslim.ci_report import Change, metric_tables
+
+    diff = {  # what `dvc metrics diff --json --all` reports for reports/export/metrics.json
+        "reports/export/metrics.json": {
+            "threads": {"old": 2, "new": 2},
+            "finetuned_0.5.speedup_b64": {"old": 0.9, "new": 1.4, "diff": 0.5},
+            "finetuned_0.5.macs_ratio": {"old": 2.2, "new": 2.0, "diff": -0.2},
+            "finetuned_0.9.speedup_b1": {"old": None, "new": 2.3},
+        }
+    }
+    tables = metric_tables(diff)
+    assert tables["`reports/export/metrics.json` · finetuned_0.5"] == [
+        Change("macs_ratio", 2.2, 2.0),
+        Change("speedup_b64", 0.9, 1.4),
+    ]
+    assert tables["`reports/export/metrics.json` · finetuned_0.9"] == [Change("speedup_b1", None, 2.3)]
