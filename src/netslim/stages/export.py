@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import onnx
 import torch
+from torch import nn
 
 from netslim import tracking
 from netslim.config import BUDGET, Config, lambda_label, ratio_label
@@ -55,18 +57,18 @@ def _ratios(unpruned: dict[str, float], pruned: dict[str, float]) -> dict[str, f
     return {"params_ratio": unpruned["params"] / pruned["params"], "macs_ratio": unpruned["macs"] / pruned["macs"]}
 
 
-def _deployable(model, metadata: dict[str, str], threads: int):
+def _deployable(model: nn.Module, metadata: dict[str, str], threads: int) -> tuple[onnx.ModelProto, Deployable]:
     proto = onnx_model(model, metadata)
     return proto, Deployable(model, ort_session(proto, threads))
 
 
 def compare_widths(
-    sparse, data: PreparedData, config: Config, reference: Deployable, threads: int
+    sparse: nn.Module, data: PreparedData, config: Config, reference: Deployable, threads: int
 ) -> dict[str, dict[str, float]]:
     """Plain pruning against pruning rounded to export.compare_round_to, at each numeric prune ratio.
 
-    Right after pruning (no fine-tuning): params, MACs, test accuracy in PyTorch, and ONNX Runtime speed against
-    the unpruned export, the three timed interleaved per ratio.
+    Right after pruning (no fine-tuning): params, MACs, test accuracy in PyTorch, and ONNX Runtime speed, each
+    pruned export timed interleaved with the unpruned one.
     """
     p, e = config.prune, config.export
     ratios = [r for r in p.ratios if r != BUDGET]
@@ -97,7 +99,7 @@ def compare_widths(
     return results
 
 
-def _check_images(data: PreparedData, config: Config):
+def _check_images(data: PreparedData, config: Config) -> torch.Tensor:
     return normalize(data.test.images[: config.export.check_images], data.mean, data.std).contiguous()
 
 
