@@ -106,6 +106,7 @@ def tiny_params(tmp: Path, fmnist: Path, **sections) -> dict:
     params["train"]["lambdas"] = ["1e-4", "0"]
     params["runtime"].update(eval_batch_size=256, throughput_repeats=1)
     params["tracking"].update(enabled=False)
+    params["export"].update(repeats=1, check_images=64, compare_round_to=None)  # 3 exports, not 3 + 2 per ratio
     params["search"].update(n_trials=2, train_epochs=1, finetune_epochs=1)
     for section, values in sections.items():
         params.setdefault(section, {}).update(values)

@@ -35,6 +35,12 @@ def test_a_vgg_run_needs_one_changed_key(tmp_path):
         ({"prune": {"min_channels": 0}}, "prune.min_channels: 0"),
         ({"prune": {"lambda": "1e-3"}}, "not among train.lambdas"),
         ({"prune": {"ratios": ["budget"]}}, "target_params"),
+        ({"prune": {"round_to": 0}}, "prune.round_to: 0"),
+        ({"prune": {"target_latency_ms": -2.0}}, "prune.target_latency_ms: -2.0"),
+        ({"export": {"threads": 0}}, "export.threads: 0"),
+        ({"export": {"batch_sizes": [1, 0]}}, "export.batch_sizes: 0"),
+        ({"export": {"atol": 0.0}}, "export.atol: 0.0"),
+        ({"export": {"compare_round_to": 1}}, "export.compare_round_to: 1"),
         ({"model": {"arch": "resnet18"}}, "model.arch: 'resnet18'"),
         ({"data": {"dataset": "mnist"}}, "data.dataset: 'mnist'"),
         ({"finetune": {"milestones": [0.5, 1.5]}}, "past the last epoch"),
@@ -50,6 +56,11 @@ def test_bad_values_are_refused_with_the_key_named(raw, needle):
         config_from_dict(raw)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_latency_target_alone_is_a_budget():
+    config = config_from_dict({"prune": {"ratios": [0.5, "budget"], "target_latency_ms": 2.5}})
+    assert config.prune.target_latency_ms == 2.5 and config.prune.target_params is None
 
 
 def test_lambda_labels_are_canonical():

@@ -53,8 +53,8 @@ def project(tmp_path_factory) -> Path:
     first = run([DVC, "repro"], repo)
     assert (
         ran_stages(first)
-        == {"prepare", "train@0", "train@1", "prune@0", "prune@1", "finetune@0", "finetune@1", "report"}
-        or len(ran_stages(first)) == 8
+        == {"prepare", "train@0", "train@1", "prune@0", "prune@1", "finetune@0", "finetune@1", "export", "report"}
+        or len(ran_stages(first)) == 9
     ), first
     return repo
 
@@ -70,6 +70,8 @@ def test_every_declared_output_exists_and_metrics_are_in_range(project):
         "reports/train/1e-4/history.csv",
         "reports/prune/0.9/channels.csv",
         "reports/finetune/0.9/history.csv",
+        "models/exported/finetuned_0.9.onnx",
+        "reports/export/metrics.json",
         "reports/report.md",
         "reports/summary.csv",
     ]:
@@ -96,12 +98,12 @@ def test_a_second_repro_runs_no_stage(project):
     assert ran_stages(run([DVC, "repro"], project)) == set()
 
 
-def test_changing_a_finetune_key_reruns_only_finetune_and_report(project):
+def test_changing_a_finetune_key_reruns_only_finetune_export_and_report(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["finetune"]["lr"] = 1e-3
     write_params(project / "params.yaml", params)
     stages = ran_stages(run([DVC, "repro"], project))
-    assert stages and all(s.startswith("finetune") or s == "report" for s in stages), stages
+    assert stages and all(s.startswith("finetune") or s in ("export", "report") for s in stages), stages
     assert "report" in stages
 
 

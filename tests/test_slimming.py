@@ -68,9 +68,9 @@ def zero_removed_channels(model: nn.Module, masks: dict[str, torch.Tensor], zero
     return masked
 
 
-def pruned_params_for_ratio(model: nn.Module, ratio: float, min_channels: int) -> int:
-    """Parameters of the model `prune(model, ratio, min_channels=...)` would build, without building it."""
-    masks, _ = select_channels(model, ratio, min_channels)
+def pruned_params_for_ratio(model: nn.Module, ratio: float, min_channels: int, round_to: int = 1) -> int:
+    """Parameters of the model `prune` would build with these arguments, without building it."""
+    masks, _ = select_channels(model, ratio, min_channels, round_to)
     return params_for_cfg(model, cfg_from_masks(model, masks))
 
 
@@ -307,3 +307,60 @@ def test_prune_needs_exactly_one_of_ratio_and_target() -> None:
         prune(model)
     with pytest.raises(PruneError, match="exactly one"):
         prune(model, ratio=0.5, target_params=10_000)
+
+
+# ---- hardware-aligned widths (prune.round_to) -------------------------------------------------
+
+
+def top_k(gamma: torch.Tensor, k: int) -> set[int]:
+    return set(torch.sort(gamma, descending=True, stable=True).indices[:k].tolist())
+
+
+@pytest.mark.parametrize("round_to", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("seed", range(5))
+def test_rounding_never_empties_or_overfills_a_layer_and_keeps_the_top_gammas(round_to: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    sizes = [1, 3, 7, 8, 9, 20, 33]  # smaller than, equal to and between multiples of round_to
+    gammas = {f"bn{i}": torch.rand(n, generator=g) for i, n in enumerate(sizes)}
+    for ratio in (0.0, 0.3, 0.6, 0.9, 0.99):
+        threshold = global_threshold(gammas, ratio)
+        plain = channel_masks(gammas, threshold, min_channels=1)
+        rounded = channel_masks(gammas, threshold, min_channels=1, round_to=round_to)
+        for name, gamma in gammas.items():
+            kept, size = int(rounded[name].sum()), gamma.numel()
+            assert 1 <= kept <= size
+            assert kept == min(math.ceil(int(plain[name].sum()) / round_to) * round_to, size)
+            assert set(rounded[name].nonzero().flatten().tolist()) == top_k(gamma, kept)
+            assert bool((rounded[name] | ~plain[name]).all())  # every plainly kept channel is still kept
+
+
+def test_rounding_takes_the_next_largest_gammas_and_resolves_ties_to_the_lower_index() -> None:
+    gammas = {"a": t(0.9, 0.1, 0.5, 0.5, 0.2, 0.8)}
+    masks = channel_masks(gammas, threshold=0.85, min_channels=1, round_to=4)  # keeps 0.9, then 0.8 0.5 0.5
+    assert masks["a"].tolist() == [True, False, True, True, False, True]
+    masks = channel_masks(gammas, threshold=0.85, min_channels=1, round_to=3)  # the tie 0.5 0.5: index 2 first
+    assert masks["a"].tolist() == [True, False, True, False, False, True]
+
+
+@pytest.mark.parametrize("round_to", [0, -8, 2.5, True])
+def test_bad_round_to_is_refused(round_to) -> None:
+    with pytest.raises(PruneError, match="prune.round_to"):
+        channel_masks(GAMMAS, threshold=0.2, min_channels=1, round_to=round_to)
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_pruned_model_with_round_to_has_multiples_of_it_and_fits_its_budget(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    result = prune(model, ratio=0.7, round_to=8)
+    sizes = {n: bn.num_features for n, bn in prunable_batchnorms(model).items()}
+    for name, bn in prunable_batchnorms(result.model).items():
+        assert bn.num_features % 8 == 0 or bn.num_features == sizes[name]
+    plain = prune(model, ratio=0.7)
+    assert plain.params_after < result.params_after < count_params(model)
+    assert pruned_params_for_ratio(model, 0.7, 2, round_to=8) == result.params_after
+    budget = (plain.params_after + result.params_after) // 2
+    fitted = prune(model, target_params=budget, round_to=8)
+    assert fitted.params_after <= budget
+    assert all(
+        bn.num_features % 8 == 0 or bn.num_features == sizes[n] for n, bn in prunable_batchnorms(fitted.model).items()
+    )

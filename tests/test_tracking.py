@@ -622,7 +622,7 @@ def test_mlproject_entry_points_are_typed_and_match_the_cli():
         "search": {"n_trials": 3},
     }
     types = {"lambda": "string", "ratio": "float", "n_trials": "int", "params": "path", "pipeline": "path"}
-    for name in ("main", "prepare", "train", "prune", "finetune", "report", "search"):
+    for name in ("main", "prepare", "train", "prune", "finetune", "export", "report", "search"):
         entry = project.get_entry_point(name)
         assert entry.parameters, f"{name}: no parameters"
         assert {k: p.type for k, p in entry.parameters.items()} == {k: types[k] for k in entry.parameters}, name

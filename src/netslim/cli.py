@@ -19,6 +19,7 @@ STAGES = {
     "train": ("netslim.stages.train", "sparsity training with an L1 penalty on BN γ"),
     "prune": ("netslim.stages.prune", "prune channels by a global |γ| threshold and rebuild a smaller model"),
     "finetune": ("netslim.stages.finetune", "fine-tune a pruned model"),
+    "export": ("netslim.stages.export", "fine-tuned models to ONNX (BatchNorm folded), checked and timed"),
     "report": ("netslim.stages.report", "figures, tables and reports/report.md from all stages"),
     "search": ("netslim.stages.search", "Optuna study over λ and the fine-tune lr under constraints"),
     "ci-report": ("netslim.stages.ci_report", "markdown diff of metrics and params against a git revision"),

@@ -92,6 +92,8 @@ class PathsConfig:
     train_reports: str = "reports/train"
     prune_reports: str = "reports/prune"
     finetune_reports: str = "reports/finetune"
+    exported: str = "models/exported"  # <model>.onnx, BatchNorm folded
+    export_reports: str = "reports/export"
     search_reports: str = "reports/search"
     reports: str = "reports"
     state: str = ".netslim/state"  # per-epoch resume states; outside DVC outs so a crash keeps them
@@ -143,13 +145,27 @@ class FinetuneConfig(OptimConfig):
 @dataclass(frozen=True)
 class PruneConfig:
     lambda_: str = "1e-4"  # which sparse model is pruned (`lambda` in params.yaml)
-    ratios: tuple[float | str, ...] = (0.5, 0.9)  # one prune per entry; "budget" = fit target_params
+    ratios: tuple[float | str, ...] = (0.5, 0.9)  # one prune per entry; "budget" = fit target_params/latency
     target_params: int | None = None  # for a "budget" entry: the smallest ratio whose model fits this many params
+    target_latency_ms: float | None = None  # for a "budget" entry: ... whose exported model runs within this (batch 1)
     min_channels: int = 2  # no prunable layer keeps fewer channels than this
+    round_to: int = 1  # every prunable layer keeps a multiple of this many channels (or all); 1 = off, 8 = AVX2 lanes
     bias_compensation: bool = True  # fold relu(β) of removed channels into the next layer
     # Training batches (no augmentation, no gradients) that re-estimate every BN's running mean and variance after
     # surgery ("adaptive BN", EagleEye 2020); 0 keeps the statistics copied from the unpruned model.
     recalibration_batches: int = 20
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`netslim export`: ONNX files of the fine-tuned models and their speed in ONNX Runtime."""
+
+    threads: int | None = None  # ONNX Runtime intra-op threads (eager PyTorch gets as many); null = all usable CPUs
+    batch_sizes: tuple[int, ...] = (1, 64)
+    repeats: int = 10  # timed samples per model and batch size, each of about 64 images
+    check_images: int = 256  # test images on which ONNX Runtime's logits must equal PyTorch's
+    atol: float = 1e-4  # the largest allowed |ONNX Runtime logit - PyTorch logit|
+    compare_round_to: int | None = 8  # plain pruning next to pruning with round_to = this; null = no comparison
 
 
 @dataclass(frozen=True)
@@ -209,6 +225,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -333,6 +350,20 @@ def _validate_optim(section: str, o: OptimConfig) -> None:
     )
 
 
+def _validate_export(e: ExportConfig) -> None:
+    _require(e.threads is None or e.threads >= 1, f"export.threads: {e.threads} must be >= 1, or null for all CPUs")
+    _require(len(e.batch_sizes) >= 1, "export.batch_sizes: [] must list at least one batch size, e.g. [1, 64]")
+    for b in e.batch_sizes:
+        _require(b >= 1, f"export.batch_sizes: {b} must be >= 1")
+    _require(e.repeats >= 1, f"export.repeats: {e.repeats} must be >= 1")
+    _require(e.check_images >= 1, f"export.check_images: {e.check_images} must be >= 1")
+    _require(math.isfinite(e.atol) and e.atol > 0, f"export.atol: {e.atol} must be a positive number, e.g. 1e-4")
+    _require(
+        e.compare_round_to is None or e.compare_round_to >= 2,
+        f"export.compare_round_to: {e.compare_round_to} must be >= 2 (e.g. 8), or null for no comparison",
+    )
+
+
 def validate(c: Config) -> None:
     """Range checks across the whole config; raises ConfigError on the first problem."""
     from netslim.models.registry import ARCHITECTURES  # here, not at the top: it imports torch
@@ -382,8 +413,9 @@ def validate(c: Config) -> None:
     labels = [ratio_label(r) for r in c.prune.ratios]
     _require(len(set(labels)) == len(labels), f"prune.ratios: {list(c.prune.ratios)} has repeats")
     _require(
-        BUDGET not in labels or c.prune.target_params is not None,
-        'prune.ratios: "budget" needs prune.target_params set to a parameter count, e.g. 4000000',
+        BUDGET not in labels or c.prune.target_params is not None or c.prune.target_latency_ms is not None,
+        'prune.ratios: "budget" needs prune.target_params set to a parameter count, e.g. 4000000 '
+        "(or prune.target_latency_ms to milliseconds)",
     )
     _require(
         c.model.bn_init is None or 0 < c.model.bn_init <= 10,
@@ -394,6 +426,13 @@ def validate(c: Config) -> None:
         f"prune.recalibration_batches: {c.prune.recalibration_batches} must be >= 0 (0 turns recalibration off)",
     )
     _require(c.prune.min_channels >= 1, f"prune.min_channels: {c.prune.min_channels} must be >= 1")
+    _require(c.prune.round_to >= 1, f"prune.round_to: {c.prune.round_to} must be >= 1 (1 = off), e.g. 8")
+    _require(
+        c.prune.target_latency_ms is None
+        or (math.isfinite(c.prune.target_latency_ms) and c.prune.target_latency_ms > 0),
+        f"prune.target_latency_ms: {c.prune.target_latency_ms} must be a positive number of milliseconds or null",
+    )
+    _validate_export(c.export)
     _require(
         c.prune.target_params is None or c.prune.target_params >= 1,
         f"prune.target_params: {c.prune.target_params} must be a positive parameter count or null",

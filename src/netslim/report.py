@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,8 @@ class ReportInputs:
     channels: dict[str, pd.DataFrame]
     finetune_history: dict[str, pd.DataFrame]
     finetune_metrics: dict[str, dict[str, Any]]
+    export_metrics: dict[str, Any] = field(default_factory=dict)  # reports/export/*.json, when the export stage ran
+    export_widths: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- names and numbers -----------------------------------------------------------------------------
@@ -477,6 +479,73 @@ def _speed(prune_metrics: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(header, cells)
 
 
+def _batch_sizes(models: Mapping[str, Mapping[str, Any]]) -> list[int]:
+    """The batch sizes the export stage timed, from its metric names (speedup_b1, speedup_b64, ...)."""
+    found = {int(k.removeprefix("speedup_b")) for m in models.values() for k in m if k.startswith("speedup_b")}
+    return sorted(found)
+
+
+def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]) -> list[str]:
+    """The export stage's section of report.md (empty when it has not run): exported speed, then rounded widths.
+
+    Args:
+        export_metrics: reports/export/metrics.json: `threads`, `opset`, and per model ("unpruned",
+            "finetuned_<ratio>") its measurements, speedups against the exported unpruned model.
+        widths: reports/export/widths.json: "pruned_<ratio>" (plain) and "pruned_<ratio>_round<N>" right after pruning.
+    """
+    models = {k: v for k, v in export_metrics.items() if isinstance(v, Mapping) and k != "unpruned"}
+    if not models:
+        return []
+    batches = _batch_sizes(models)
+    header = ["exported model", "MACs ratio"]
+    header += [f"speedup (batch {b})" for b in batches] + [f"of MACs ratio (batch {b})" for b in batches]
+    header += [f"eager speedup (batch {b})" for b in batches] + ["ONNX test accuracy", "max abs Δ logit"]
+    cells = []
+    for name, m in models.items():
+        speedups = [fmt_ratio(number(m, f"speedup_b{b}")) for b in batches]
+        shares = [fmt_ratio(number(m, f"speedup_over_macs_ratio_b{b}")) for b in batches]
+        eager = [fmt_ratio(number(m, f"eager_speedup_b{b}")) for b in batches]
+        difference = number(m, "max_abs_diff")
+        cells.append(
+            [model_name(name.removeprefix("finetuned_"), finetuned=True), fmt_ratio(number(m, "macs_ratio"))]
+            + speedups
+            + shares
+            + eager
+            + [fmt_acc(number(m, "onnx_test_acc")), NA if difference is None else f"{difference:.1e}"]
+        )
+    threads, opset = export_metrics.get("threads", NA), export_metrics.get("opset", NA)
+    parts = [
+        "## Exported models (ONNX Runtime)",
+        f"Each model exported to ONNX (opset {opset}, BatchNorm folded into its conv) and timed in ONNX Runtime "
+        f"with {threads} threads, interleaved with the exported unpruned model; eager PyTorch, with as many threads, "
+        "timed in the same rounds. *of MACs ratio* is how much of the promised speedup the export realises.",
+        markdown_table(header, cells),
+    ]
+    rows = {k: v for k, v in widths.items() if isinstance(v, Mapping)}
+    if rows:
+        batches = _batch_sizes(rows)
+        header = ["pruned model", "round_to", "params", "MACs", "accuracy right after pruning"]
+        header += [f"ONNX speedup (batch {b})" for b in batches]
+        cells = [
+            [
+                model_name(name.removeprefix("pruned_").split("_round")[0], finetuned=False),
+                fmt_int(number(m, "round_to")),
+                fmt_int(number(m, "params")),
+                fmt_millions(number(m, "macs")),
+                fmt_acc(number(m, "test_acc")),
+            ]
+            + [fmt_ratio(number(m, f"speedup_b{b}")) for b in batches]
+            for name, m in rows.items()
+        ]
+        parts += [
+            "### Hardware-aligned widths",
+            "Plain pruning next to pruning that keeps a multiple of `round_to` channels per layer (the next-largest "
+            "|γ|), right after pruning, speedups of the exports against the exported unpruned model:",
+            markdown_table(header, cells),
+        ]
+    return parts
+
+
 def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> list[str]:
     """One line per model saying whether it meets the constraints, and if not, which one it misses."""
     lines = []
@@ -664,6 +733,7 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         "## Speed",
         "The speedup the MACs promise (MACs ratio) next to the speedup measured:",
         _speed(inputs.prune_metrics),
+        *export_markdown(inputs.export_metrics, inputs.export_widths),
         "## Constraints",
         f"Test accuracy ≥ {fmt_acc(c.min_accuracy)} and at most {fmt_int(c.max_params)} parameters.",
         "\n".join(_verdicts(list(rows.values()), c)),

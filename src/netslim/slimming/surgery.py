@@ -25,6 +25,7 @@ from netslim.slimming.threshold import (
     PruneError,
     channel_masks,
     check_min_channels,
+    check_round_to,
     gather_gammas,
     global_threshold,
     select_channels,
@@ -187,7 +188,7 @@ def smallest_ratio_for_index(index: int, total: int) -> float:
     return ratio
 
 
-def ratio_for_budget(model: nn.Module, target_params: int, min_channels: int) -> float:
+def ratio_for_budget(model: nn.Module, target_params: int, min_channels: int, round_to: int = 1) -> float:
     """The smallest ratio in [0, 1) whose pruned model has at most `target_params` parameters.
 
     The pruned model only changes where int(total * ratio) changes, so the search bisects over those
@@ -197,12 +198,13 @@ def ratio_for_budget(model: nn.Module, target_params: int, min_channels: int) ->
     if isinstance(target_params, bool) or not isinstance(target_params, numbers.Integral) or target_params < 1:
         raise PruneError(f"prune.target_params: {target_params!r} must be a positive whole number of parameters")
     target_params, min_channels = int(target_params), check_min_channels(min_channels)
+    round_to = check_round_to(round_to)
     gammas = gather_gammas(model)
     total = sum(g.numel() for g in gammas.values())
     candidates = [0.0] + [smallest_ratio_for_index(i, total) for i in range(total)]
 
     def params_at(candidate: int) -> int:
-        masks = channel_masks(gammas, global_threshold(gammas, candidates[candidate]), min_channels)
+        masks = channel_masks(gammas, global_threshold(gammas, candidates[candidate]), min_channels, round_to)
         return params_for_cfg(model, cfg_from_masks(model, masks))
 
     lo, hi = 0, len(candidates) - 1
@@ -210,7 +212,8 @@ def ratio_for_budget(model: nn.Module, target_params: int, min_channels: int) ->
     if smallest > target_params:
         raise PruneError(
             f"prune.target_params: {target_params} is below the smallest reachable {smallest} parameters "
-            f"(every prunable layer at prune.min_channels={min_channels}); raise target_params or lower min_channels"
+            f"(every prunable layer at prune.min_channels={min_channels}, rounded to prune.round_to={round_to}); "
+            "raise target_params or lower min_channels or round_to"
         )
     if params_at(lo) <= target_params:
         return candidates[lo]
@@ -240,6 +243,7 @@ def prune(
     target_params: int | None = None,
     min_channels: int = 2,
     bias_compensation: bool = True,
+    round_to: int = 1,
 ) -> PruneResult:
     """Network Slimming's pruning step: a fixed `ratio` of channels, or the smallest ratio fitting `target_params`.
 
@@ -249,6 +253,7 @@ def prune(
         target_params: instead of ratio, the largest parameter count allowed.
         min_channels: no prunable layer keeps fewer channels.
         bias_compensation: fold relu(β) of removed channels into the next layer.
+        round_to: every prunable layer keeps a multiple of this many channels (or all it has); 1 = off.
     """
     if (ratio is None) == (target_params is None):
         raise PruneError(
@@ -256,8 +261,8 @@ def prune(
             "null to prune by ratio)"
         )
     if target_params is not None:
-        ratio = ratio_for_budget(model, target_params, min_channels)
-    masks, threshold = select_channels(model, ratio, min_channels)
+        ratio = ratio_for_budget(model, target_params, min_channels, round_to)
+    masks, threshold = select_channels(model, ratio, min_channels, round_to)
     pruned = prune_model(model, masks, bias_compensation)
     return PruneResult(
         model=pruned,

@@ -42,6 +42,13 @@ class Layout:
     def finetune_reports(self, ratio: float | str) -> Path:
         return Path(self.paths.finetune_reports) / ratio_label(ratio)
 
+    def exported(self, name: str) -> Path:
+        return Path(self.paths.exported) / f"{name}.onnx"
+
+    @property
+    def export_reports(self) -> Path:
+        return Path(self.paths.export_reports)
+
     def state(self, stage: str, label: str) -> Path:
         return Path(self.paths.state) / f"{stage}-{label}.pt"
 

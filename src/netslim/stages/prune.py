@@ -37,11 +37,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
     sparse = load_model(source)
     data = load_prepared(layout.prepared, config.data.dataset)
     by = {"target_params": config.prune.target_params} if target == BUDGET else {"ratio": target}
+    if target == BUDGET and config.prune.target_latency_ms is not None:
+        from netslim.export import budget_ratio  # ONNX Runtime is loaded only for a latency budget
+
+        by = {"ratio": budget_ratio(sparse, config.prune, config.export.threads)}  # measured by exporting candidates
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     with tracking.stage_run(config, "prune", f"prune {_percent(label)}", **tags) as run:
         run.source(source)
         results = {
-            compensate: prune(sparse, min_channels=config.prune.min_channels, bias_compensation=compensate, **by)
+            compensate: prune(
+                sparse,
+                min_channels=config.prune.min_channels,
+                bias_compensation=compensate,
+                round_to=config.prune.round_to,
+                **by,
+            )
             for compensate in (True, False)
         }
         variants = four_ways(results, data, config, device)

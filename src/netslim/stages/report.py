@@ -56,6 +56,10 @@ class _Reader:
             raise ConfigError(f"{path}: holds no metrics mapping; rerun the {stage} stage (`dvc repro`)")
         return data
 
+    def optional_json(self, path: Path, stage: str) -> dict[str, Any]:
+        """Like `json`, but a missing file is no error: a pipeline without that stage reports without it."""
+        return self.json(path, stage) if path.is_file() else {}
+
     def check(self) -> None:
         if self.missing:
             path, stage = self.missing[0]
@@ -84,6 +88,8 @@ def load_inputs(config: Config) -> report.ReportInputs:
         },
         finetune_history={r: read.csv(d / "history.csv", "finetune", HISTORY_COLUMNS) for r, d in tune.items()},
         finetune_metrics={r: read.json(d / "metrics.json", "finetune") for r, d in tune.items()},
+        export_metrics=read.optional_json(layout.export_reports / "metrics.json", "export"),
+        export_widths=read.optional_json(layout.export_reports / "widths.json", "export"),
     )
     read.check()
     return inputs

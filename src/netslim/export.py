@@ -1,0 +1,387 @@
+"""Deployable models: every BatchNorm folded into its conv, exported to ONNX, run and timed with ONNX Runtime.
+
+Eager PyTorch pays a dispatch per layer and a separate pass per BatchNorm, so a pruned model's measured speedup
+falls far short of its MACs ratio. An ONNX Runtime session runs one pre-planned graph with fused kernels; there
+the speedup comes much closer to what the MACs promise. Measured on this project's 2-core CPU (width-0.25
+ResNet-50, 32×32 inputs, 2 threads): see README's "Export" section and `netslim export`'s metrics.
+
+The exported graph takes normalised float32 NCHW images (x/255 - mean)/std, named `images`, with a dynamic batch
+size, and returns `logits`; the mean and std are in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import fx, nn
+
+from netslim.config import PruneConfig
+from netslim.data import Split, normalize
+from netslim.io import atomic_write_bytes
+from netslim.measure import count_macs, interleaved_seconds, interleaved_throughput
+from netslim.models import unwrap
+from netslim.slimming.surgery import prune, ratio_for_budget
+from netslim.slimming.threshold import PruneError, check_min_channels, check_round_to
+
+OPSET = 20  # the ai.onnx opset torch 2.14's exporter (dynamo=True) targets by default; ONNX Runtime 1.2x runs it
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+EXAMPLE_BATCH = 2  # torch.export specialises a size-1 dimension, so the example batch must be > 1 to stay dynamic
+
+
+class ExportError(RuntimeError):
+    """An exported model that does not compute what the PyTorch model computes."""
+
+
+# ---- BatchNorm folding ------------------------------------------------------------------------
+
+
+def fold_conv_bn(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (weight, bias) of one conv that computes bn(conv(x)) with the BN in eval mode.
+
+    bn(y) = γ (y - μ) / sqrt(σ² + ε) + β, and y = W x + b, so per output channel the conv's weight scales by
+    s = γ / sqrt(σ² + ε) and its bias becomes s (b - μ) + β. Computed in float64, returned in weight's dtype.
+    """
+    scale = gamma.double() / torch.sqrt(running_var.double() + eps)
+    conv_bias = torch.zeros_like(running_mean, dtype=torch.float64) if bias is None else bias.double()
+    folded_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    folded_bias = scale * (conv_bias - running_mean.double()) + beta.double()
+    return folded_weight.to(weight.dtype), folded_bias.to(weight.dtype)
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module names where a BatchNorm2d reads only a Conv2d's output and nothing else reads it.
+
+    Found from the traced graph rather than from names, so any architecture in the registry is covered.
+    """
+    graph = fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        if (
+            isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], nn.Conv2d)
+            and len(source.users) == 1
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def fold_batchnorms(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode with every BatchNorm2d folded into the conv before it (the BN -> Identity).
+
+    Raises ValueError when a BatchNorm2d does not directly follow a conv (it could not be folded).
+    """
+    folded = copy.deepcopy(unwrap(model)).eval()
+    pairs = conv_bn_pairs(folded)
+    with torch.no_grad():
+        for conv_name, bn_name in pairs:
+            conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+            weight, bias = fold_conv_bn(
+                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps
+            )
+            conv.weight.copy_(weight)
+            conv.bias = nn.Parameter(bias)
+            _replace(folded, bn_name, nn.Identity())
+    left = [name for name, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if left:
+        raise ValueError(f"BatchNorm2d {', '.join(left)} follow no conv and cannot be folded")
+    return folded
+
+
+# ---- ONNX export and ONNX Runtime -------------------------------------------------------------
+
+
+def onnx_model(model: nn.Module, metadata: Mapping[str, str] | None = None, opset: int = OPSET) -> onnx.ModelProto:
+    """`model` with its BatchNorms folded, exported by torch.export (dynamo) with a dynamic batch, checked.
+
+    Args:
+        model: a CPU float32 model of 3×32×32 images (left unchanged).
+        metadata: strings stored in the file (e.g. the normalisation mean and std).
+    """
+    folded = fold_batchnorms(model).cpu().float()
+    example = torch.zeros(EXAMPLE_BATCH, 3, 32, 32)
+    program = torch.onnx.export(
+        folded,
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        optimize=True,
+        verbose=False,
+    )
+    proto = program.model_proto
+    for key, value in (metadata or {}).items():
+        proto.metadata_props.add(key=key, value=str(value))
+    onnx.checker.check_model(proto, full_check=True)  # also infers every shape: a malformed graph fails here
+    return proto
+
+
+def write_onnx(path: str | Path, proto: onnx.ModelProto) -> None:
+    """One self-contained file (weights inside, not external data), written atomically."""
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (what ONNX Runtime and PyTorch would use by default)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def ort_session(model: onnx.ModelProto | str | Path, threads: int) -> ort.InferenceSession:
+    """A CPU session with `threads` intra-op threads (stated, not left to the runtime) and every graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one graph, run sequentially: parallelism is inside each op
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(session: ort.InferenceSession, images: torch.Tensor) -> np.ndarray:
+    """Logits of normalised float32 NCHW `images` from an exported model."""
+    x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def max_abs_difference(
+    model: nn.Module, session: ort.InferenceSession, images: torch.Tensor, batch_size: int = 256
+) -> float:
+    """Largest |ONNX Runtime logit - PyTorch logit| over `images` (normalised float32 NCHW), the model in eval mode."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size].float().contiguous()
+                expected = model(batch.to(next(model.parameters()).device)).float().cpu().numpy()
+                worst = max(worst, float(np.abs(ort_logits(session, batch) - expected).max()))
+    finally:
+        model.train(was_training)
+    return worst
+
+
+def check_matches(
+    name: str, model: nn.Module, session: ort.InferenceSession, images: torch.Tensor, atol: float
+) -> float:
+    """The max abs difference of `max_abs_difference`, or ExportError when it exceeds `atol`."""
+    difference = max_abs_difference(model, session, images)
+    if not difference <= atol:  # also catches NaN
+        raise ExportError(
+            f"export: {name}: ONNX Runtime's logits differ from PyTorch's by up to {difference:.3g} on "
+            f"{len(images)} test images (allowed {atol:g}); the exported file is wrong, do not ship it"
+        )
+    return difference
+
+
+# ---- speed ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployable:
+    """One model in both forms: eager PyTorch and its ONNX Runtime session."""
+
+    model: nn.Module
+    session: ort.InferenceSession
+
+
+def _threads(threads: int) -> Callable[[], None]:
+    """Set PyTorch's intra-op threads to `threads` (as ONNX Runtime's) and return what restores them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return lambda: torch.set_num_threads(before)
+
+
+def _runners(model: Deployable, batch_size: int, calls: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(ONNX Runtime, eager) runners, each doing `calls` forward passes of one random batch."""
+    x = torch.randn(batch_size, 3, 32, 32)
+    feeds = {INPUT_NAME: x.numpy()}
+    eager = unwrap(model.model).cpu().eval()
+
+    def run_ort() -> None:
+        for _ in range(calls):
+            model.session.run([OUTPUT_NAME], feeds)
+
+    def run_eager() -> None:
+        for _ in range(calls):
+            eager(x)
+
+    return run_ort, run_eager
+
+
+def calls_per_sample(batch_size: int, images: int = 64) -> int:
+    """Forward passes per timed sample, so that each covers about `images` images (timer noise small at batch 1)."""
+    return max(1, images // batch_size)
+
+
+def speed_rows(
+    reference: Deployable,
+    pruned: Deployable,
+    threads: int,
+    batch_sizes: Sequence[int] = (1, 64),
+    repeats: int = 10,
+    warmup: int = 2,
+    eager: bool = True,
+) -> list[dict[str, float]]:
+    """Throughput of the unpruned and a pruned model, in ONNX Runtime and eager PyTorch, timed interleaved.
+
+    All runners of a batch size share one interleaved measurement (measure.interleaved_throughput), so the
+    speedups compare numbers taken under the same load; PyTorch gets as many threads as ONNX Runtime.
+    `speedup` is ONNX Runtime's pruned/unpruned throughput and `speedup_over_macs_ratio` how much of the MACs
+    ratio it realises; with `eager`, `eager_speedup` is the same in eager PyTorch and `onnx_over_eager` what
+    the export gains for the pruned model.
+    """
+    macs_ratio = count_macs(reference.model) / count_macs(pruned.model)
+    restore = _threads(threads)
+    rows = []
+    try:
+        with torch.inference_mode():
+            for batch_size in batch_sizes:
+                calls = calls_per_sample(batch_size)
+                (ort_ref, eager_ref), (ort_pruned, eager_pruned) = (
+                    _runners(m, batch_size, calls) for m in (reference, pruned)
+                )
+                runners = [ort_ref, ort_pruned] + ([eager_ref, eager_pruned] if eager else [])
+                ips = interleaved_throughput(runners, batch_size * calls, repeats, warmup)
+                row = {
+                    "batch_size": int(batch_size),
+                    "onnx_images_per_s": ips[1],
+                    "onnx_images_per_s_unpruned": ips[0],
+                    "speedup": ips[1] / ips[0],
+                    "macs_ratio": macs_ratio,
+                    "speedup_over_macs_ratio": ips[1] / ips[0] / macs_ratio,
+                }
+                if eager:
+                    row |= {
+                        "eager_images_per_s": ips[3],
+                        "eager_images_per_s_unpruned": ips[2],
+                        "eager_speedup": ips[3] / ips[2],
+                        "onnx_over_eager": ips[1] / ips[3],
+                    }
+                rows.append(row)
+    finally:
+        restore()
+    return rows
+
+
+def onnx_accuracy(
+    session: ort.InferenceSession, split: Split, mean: Sequence[float], std: Sequence[float], batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of an exported model on a prepared split (uint8 NHWC images, normalised as in training)."""
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        logits = ort_logits(session, normalize(split.images[start : start + batch_size], mean, std))
+        correct += int((logits.argmax(1) == split.labels[start : start + batch_size].numpy()).sum())
+    return correct / max(1, len(split))
+
+
+def latency_ms(session: ort.InferenceSession, repeats: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of one batch-1 forward pass in ONNX Runtime (median: robust to a busy machine)."""
+    feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)}
+    (seconds,) = interleaved_seconds([lambda: session.run([OUTPUT_NAME], feeds)], repeats, warmup)
+    return 1000 * float(np.median(seconds))
+
+
+# ---- a latency budget -------------------------------------------------------------------------
+
+LATENCY_GRID = 100  # candidate ratios k/100: a 1% step is finer than timing noise tells apart
+
+
+def exported_latency_ms(model: nn.Module, threads: int) -> float:
+    """Batch-1 milliseconds of `model` exported and run in ONNX Runtime with `threads` threads (`latency_ms`)."""
+    return latency_ms(ort_session(onnx_model(model), threads))
+
+
+def ratio_for_latency(
+    model: nn.Module,
+    target_ms: float,
+    latency_of: Callable[[nn.Module], float],
+    min_channels: int = 2,
+    round_to: int = 1,
+    lowest: float = 0.0,
+) -> tuple[float, float]:
+    """The smallest ratio (on a 1% grid, at least `lowest`) whose pruned model's `latency_of` meets `target_ms`.
+
+    Args:
+        model: the sparsity-trained model (left unchanged).
+        latency_of: milliseconds of a pruned model, measured: `lambda m: exported_latency_ms(m, threads)`
+            exports it and times it in ONNX Runtime on this machine.
+        min_channels, round_to: as for `prune`.
+        lowest: no smaller ratio is tried (e.g. the ratio a parameter budget already needs).
+
+    Latency falls as the ratio grows, so the search bisects: about log2(100) = 7 measurements. Fine-tuning keeps
+    the architecture, so a fine-tuned model runs as fast as the pruned one measured here.
+    Returns (ratio, its measured milliseconds); PruneError when even the largest ratio misses the target.
+    """
+    if isinstance(target_ms, bool) or not isinstance(target_ms, int | float) or not target_ms > 0:
+        raise PruneError(f"prune.target_latency_ms: {target_ms!r} must be a positive number of milliseconds, e.g. 2.5")
+    min_channels, round_to = check_min_channels(min_channels), check_round_to(round_to)
+    candidates = [lowest] + [k / LATENCY_GRID for k in range(LATENCY_GRID) if k / LATENCY_GRID > lowest]
+    measured: dict[int, float] = {}
+
+    def ms_at(index: int) -> float:
+        if index not in measured:
+            pruned = prune(model, ratio=candidates[index], min_channels=min_channels, round_to=round_to).model
+            measured[index] = latency_of(pruned)
+        return measured[index]
+
+    lo, hi = 0, len(candidates) - 1
+    if ms_at(hi) > target_ms:
+        raise PruneError(
+            f"prune.target_latency_ms: {target_ms:g} ms is below the {ms_at(hi):.3g} ms measured at ratio "
+            f"{candidates[hi]:g} on this machine; raise target_latency_ms"
+        )
+    if ms_at(lo) <= target_ms:
+        return candidates[lo], ms_at(lo)
+    while hi - lo > 1:  # invariant: candidate lo misses the target, candidate hi meets it
+        mid = (lo + hi) // 2
+        if ms_at(mid) <= target_ms:
+            hi = mid
+        else:
+            lo = mid
+    return candidates[hi], ms_at(hi)
+
+
+def budget_ratio(model: nn.Module, prune_config: PruneConfig, threads: int | None = None) -> float:
+    """The smallest ratio whose pruned model meets every budget set in `prune_config`.
+
+    Those are prune.target_params (parameters, counted) and prune.target_latency_ms (batch-1 milliseconds of the
+    exported model in ONNX Runtime with `threads` threads, None = all usable CPUs, measured on this machine).
+    """
+    p = prune_config
+    ratio = 0.0 if p.target_params is None else ratio_for_budget(model, p.target_params, p.min_channels, p.round_to)
+    if p.target_latency_ms is None:
+        return ratio
+    threads = threads or default_threads()
+    ratio, _ms = ratio_for_latency(
+        model, p.target_latency_ms, lambda m: exported_latency_ms(m, threads), p.min_channels, p.round_to, lowest=ratio
+    )
+    return ratio

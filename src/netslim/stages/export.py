@@ -1,0 +1,159 @@
+"""`netslim export`: the unpruned and every fine-tuned model as ONNX (BatchNorm folded), checked and timed.
+
+Each model is exported with a dynamic batch size, checked by onnx.checker, and run in ONNX Runtime on real test
+images: its logits must equal PyTorch's to within export.atol, or the stage fails and writes nothing. Each
+fine-tuned model is then timed against the unpruned one (interleaved, in ONNX Runtime and in eager PyTorch, at
+export.batch_sizes, with export.threads threads). With export.compare_round_to set, plain pruning and pruning
+with round_to = compare_round_to are compared side by side at each ratio, right after pruning.
+
+Writes <paths.exported>/<model>.onnx and <paths.export_reports>/{metrics.json,widths.json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import onnx
+import torch
+from torch import nn
+
+from netslim import tracking
+from netslim.config import BUDGET, Config, lambda_label, ratio_label
+from netslim.data import PreparedData, load_prepared, normalize
+from netslim.engine import evaluate
+from netslim.export import (
+    OPSET,
+    Deployable,
+    check_matches,
+    default_threads,
+    onnx_accuracy,
+    onnx_model,
+    ort_session,
+    speed_rows,
+    write_onnx,
+)
+from netslim.io import write_json
+from netslim.measure import model_summary
+from netslim.models import load_model
+from netslim.slimming.surgery import prune
+from netslim.stages.common import Layout
+
+UNPRUNED = "unpruned"
+CPU = torch.device("cpu")  # ONNX Runtime runs on the CPU here, so the eager models it is compared with do too
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options: which models, and how they are timed, come from params.yaml (prune and export)."""
+
+
+def _flat(rows: list[dict[str, float]]) -> dict[str, float]:
+    """speed_rows as metric names with the batch size as a suffix (speedup_b64, ...); the MACs ratio is kept once."""
+    per_batch = [(row["batch_size"], key, value) for row in rows for key, value in row.items()]
+    return {f"{key}_b{b}": value for b, key, value in per_batch if key not in ("batch_size", "macs_ratio")}
+
+
+def _ratios(unpruned: dict[str, float], pruned: dict[str, float]) -> dict[str, float]:
+    return {"params_ratio": unpruned["params"] / pruned["params"], "macs_ratio": unpruned["macs"] / pruned["macs"]}
+
+
+def _deployable(model: nn.Module, metadata: dict[str, str], threads: int) -> tuple[onnx.ModelProto, Deployable]:
+    proto = onnx_model(model, metadata)
+    return proto, Deployable(model, ort_session(proto, threads))
+
+
+def compare_widths(
+    sparse: nn.Module, data: PreparedData, config: Config, reference: Deployable, threads: int
+) -> dict[str, dict[str, float]]:
+    """Plain pruning against pruning rounded to export.compare_round_to, at each numeric prune ratio.
+
+    Right after pruning (no fine-tuning): params, MACs, test accuracy in PyTorch, and ONNX Runtime speed, each
+    pruned export timed interleaved with the unpruned one.
+    """
+    p, e = config.prune, config.export
+    ratios = [r for r in p.ratios if r != BUDGET]
+    reference_summary = model_summary(reference.model)
+    results: dict[str, dict[str, float]] = {}
+    for ratio in ratios:
+        variants = {
+            f"pruned_{ratio_label(ratio)}": 1,
+            f"pruned_{ratio_label(ratio)}_round{e.compare_round_to}": e.compare_round_to,
+        }
+        for name, round_to in variants.items():
+            model = prune(
+                sparse,
+                ratio=ratio,
+                min_channels=p.min_channels,
+                bias_compensation=p.bias_compensation,
+                round_to=round_to,
+            ).model.cpu()
+            _, accuracy = evaluate(
+                model, data.test, data.mean, data.std, CPU, config.runtime.eval_batch_size, amp=False
+            )
+            _, pruned = _deployable(model, {}, threads)
+            check_matches(name, model, pruned.session, _check_images(data, config), e.atol)
+            rows = speed_rows(reference, pruned, threads, e.batch_sizes, e.repeats, eager=False)
+            summary = model_summary(model)
+            results[name] = {"round_to": round_to, "test_acc": accuracy} | summary | _ratios(reference_summary, summary)
+            results[name] |= _flat(rows)
+    return results
+
+
+def _check_images(data: PreparedData, config: Config) -> torch.Tensor:
+    return normalize(data.test.images[: config.export.check_images], data.mean, data.std).contiguous()
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    layout = Layout(config.paths)
+    lam = lambda_label(config.prune.lambda_)
+    sources = {UNPRUNED: layout.sparse_best(lam)} | {
+        f"finetuned_{ratio_label(r)}": layout.finetuned(r) for r in config.prune.ratios
+    }
+    models = {name: load_model(path).cpu().eval() for name, path in sources.items()}  # a bad file stops here
+    data = load_prepared(layout.prepared)
+    e = config.export
+    threads = e.threads or default_threads()
+    check_images = _check_images(data, config)
+    metadata = {
+        "input": "images: float32 NCHW, (pixel/255 - mean)/std per channel",
+        "mean": json.dumps(list(data.mean)),
+        "std": json.dumps(list(data.std)),
+        "classes": json.dumps(data.classes),
+        "dataset": data.dataset,
+    }
+    with tracking.stage_run(config, "export", "export", **{"lambda": lam}) as run:
+        run.params({f"export.{k}": v for k, v in vars(e).items()} | {"threads": threads, "opset": OPSET})
+        exported, metrics = {}, {}
+        for name, model in models.items():  # each checked right after its export: a wrong file stops the stage early
+            info = metadata | {"model": name, "arch": model.arch, "cfg": json.dumps(model.cfg)}
+            proto, deployable = exported[name] = _deployable(model, info, threads)
+            metrics[name] = {
+                "max_abs_diff": check_matches(name, model, deployable.session, check_images, e.atol),
+                "onnx_test_acc": onnx_accuracy(deployable.session, data.test, data.mean, data.std),
+                "onnx_bytes": proto.ByteSize(),
+            } | model_summary(model)
+        reference = exported[UNPRUNED][1]
+        for name, (_, deployable) in exported.items():
+            if name != UNPRUNED:
+                rows = speed_rows(reference, deployable, threads, e.batch_sizes, e.repeats)
+                metrics[name] |= _ratios(metrics[UNPRUNED], metrics[name]) | _flat(rows)
+        widths = compare_widths(models[UNPRUNED], data, config, reference, threads) if e.compare_round_to else {}
+        for name, (proto, _) in exported.items():
+            write_onnx(layout.exported(name), proto)
+        setting = {"threads": threads, "opset": OPSET}
+        write_json(layout.export_reports / "metrics.json", setting | metrics)
+        write_json(layout.export_reports / "widths.json", setting | widths)
+        run.metrics({f"{model}/{k}": v for model, values in (metrics | widths).items() for k, v in values.items()})
+        for name in exported:
+            run.artifact(layout.exported(name), "onnx")
+    print(
+        f"export: {len(exported)} ONNX models (opset {OPSET}, BatchNorm folded) -> {layout.exported(UNPRUNED).parent}"
+    )
+    for name, m in metrics.items():
+        line = f"  {name}: max |Δ logit| {m['max_abs_diff']:.1e}, ONNX test acc {m['onnx_test_acc']:.4f}"
+        for b in e.batch_sizes if name != UNPRUNED else ():
+            speedup, eager = m[f"speedup_b{b}"], m[f"eager_speedup_b{b}"]
+            line += f"; batch {b}: {speedup:.2f}× (MACs {m['macs_ratio']:.2f}×, eager PyTorch {eager:.2f}×)"
+        print(line)
+    print(f"  ({threads} threads; speedups against the unpruned model, both exported)")
+    return 0

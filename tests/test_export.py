@@ -1,0 +1,308 @@
+"""Export: BatchNorm folding, ONNX files that ONNX Runtime runs exactly like PyTorch, their speed, the latency
+budget, and the `netslim export` stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from conftest import tiny_params, write_params
+from netslim.cli import main
+from netslim.config import PruneConfig
+from netslim.export import (
+    INPUT_NAME,
+    OPSET,
+    Deployable,
+    ExportError,
+    budget_ratio,
+    check_matches,
+    conv_bn_pairs,
+    fold_batchnorms,
+    fold_conv_bn,
+    latency_ms,
+    max_abs_difference,
+    onnx_model,
+    ort_logits,
+    ort_session,
+    ratio_for_latency,
+    speed_rows,
+    write_onnx,
+)
+from netslim.measure import count_macs
+from netslim.models import batchnorms, load_model, save_model
+from netslim.slimming.surgery import prune, ratio_for_budget
+from netslim.slimming.threshold import PruneError
+from test_slimming import randomised
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- BatchNorm folding ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_fold_conv_bn_computes_bn_of_conv(conv_bias: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(6, 4, 3, 3, generator=g), torch.randn(2, 4, 9, 9, generator=g)
+    bias = torch.randn(6, generator=g) if conv_bias else None
+    mean, var = torch.randn(6, generator=g), torch.rand(6, generator=g) + 0.1
+    gamma, beta = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    expected = F.batch_norm(F.conv2d(x, weight, bias, padding=1), mean, var, gamma, beta, training=False, eps=1e-5)
+    folded_weight, folded_bias = fold_conv_bn(weight, bias, mean, var, gamma, beta, eps=1e-5)
+    torch.testing.assert_close(F.conv2d(x, folded_weight, folded_bias, padding=1), expected, atol=1e-5, rtol=1e-5)
+    assert folded_weight.dtype == weight.dtype and folded_bias.shape == (6,)
+
+
+@pytest.mark.parametrize(("arch", "width"), [("resnet50", 0.125), ("vgg19", 0.125)])
+def test_folded_model_has_no_batchnorm_and_computes_the_same(arch: str, width: float) -> None:
+    model = randomised(arch, width)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorms(model)
+    assert len(conv_bn_pairs(model)) == len(batchnorms(model))  # stem, every block, downsample / every VGG conv
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = images(4)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the original is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_a_batchnorm_after_no_conv_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="follow no conv"):
+        fold_batchnorms(model)
+
+
+# ---- ONNX and ONNX Runtime --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, tuple[onnx.ModelProto, Deployable]]:
+    """A small pruned ResNet-50 and VGG-19 (and the unpruned VGG-19), exported once for the tests below."""
+    vgg = randomised("vgg19", 0.125)
+    models = {
+        "resnet50": prune(randomised("resnet50", 0.125), ratio=0.5).model,
+        "vgg19": prune(vgg, ratio=0.5).model,
+        "vgg19_unpruned": vgg,
+    }
+    protos = {name: onnx_model(m, {"mean": "[0.5, 0.5, 0.5]"}) for name, m in models.items()}
+    return {name: (protos[name], Deployable(models[name], ort_session(protos[name], threads=1))) for name in models}
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "vgg19"])
+def test_exported_pruned_model_is_valid_onnx_without_batchnorm_and_matches_pytorch(exported, arch: str) -> None:
+    proto, deployable = exported[arch]
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {OPSET}
+    assert "BatchNormalization" not in {node.op_type for node in proto.graph.node}
+    assert {p.key: p.value for p in proto.metadata_props}["mean"] == "[0.5, 0.5, 0.5]"
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.HasField("dim_value")  # a dynamic batch size
+    for n in (1, 3, 17):
+        x = images(n, seed=n)
+        with torch.no_grad():
+            expected = deployable.model(x).numpy()
+        np.testing.assert_allclose(ort_logits(deployable.session, x), expected, atol=1e-4, rtol=0)
+    assert check_matches(arch, deployable.model, deployable.session, images(16), atol=1e-4) <= 1e-4
+
+
+def test_an_onnx_file_written_to_disk_loads_into_a_session(exported, tmp_path) -> None:
+    proto, deployable = exported["vgg19"]
+    write_onnx(tmp_path / "m.onnx", proto)
+    session = ort_session(tmp_path / "m.onnx", threads=1)
+    assert session.get_inputs()[0].name == INPUT_NAME
+    assert max_abs_difference(deployable.model, session, images(8)) <= 1e-4
+
+
+def test_outputs_that_differ_from_pytorch_fail_the_check(exported) -> None:
+    _, vgg = exported["vgg19"]
+    _, unpruned = exported["vgg19_unpruned"]
+    with pytest.raises(ExportError, match="differ from PyTorch's"):
+        check_matches("vgg19", unpruned.model, vgg.session, images(8), atol=1e-4)
+
+
+def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None:
+    _, reference = exported["vgg19_unpruned"]
+    _, pruned = exported["vgg19"]
+    threads = torch.get_num_threads()
+    rows = speed_rows(reference, pruned, threads=1, batch_sizes=(1, 4), repeats=1, warmup=0)
+    assert torch.get_num_threads() == threads  # restored
+    assert [row["batch_size"] for row in rows] == [1, 4]
+    for row in rows:
+        assert row["speedup"] == row["onnx_images_per_s"] / row["onnx_images_per_s_unpruned"] > 0
+        assert row["eager_speedup"] == row["eager_images_per_s"] / row["eager_images_per_s_unpruned"] > 0
+        assert row["onnx_over_eager"] == row["onnx_images_per_s"] / row["eager_images_per_s"]
+        assert row["macs_ratio"] == count_macs(reference.model) / count_macs(pruned.model) > 1
+        assert row["speedup_over_macs_ratio"] == pytest.approx(row["speedup"] / row["macs_ratio"])
+    onnx_only = speed_rows(reference, pruned, threads=1, batch_sizes=(2,), repeats=1, warmup=0, eager=False)
+    assert "eager_speedup" not in onnx_only[0] and onnx_only[0]["speedup"] > 0
+
+
+def test_latency_is_a_positive_number_of_milliseconds(exported) -> None:
+    _, vgg = exported["vgg19"]
+    assert 0 < latency_ms(vgg.session, repeats=3, warmup=1) < 10_000
+
+
+# ---- the latency budget -----------------------------------------------------------------------
+
+
+def macs_latency(model: nn.Module) -> float:
+    """A deterministic stand-in for a measured latency, falling with the MACs as a measured one does."""
+    return count_macs(model) / 1e6
+
+
+def test_latency_budget_picks_the_smallest_grid_ratio_that_meets_it() -> None:
+    model = randomised("vgg19", 0.0625)
+    target = macs_latency(prune(model, ratio=0.37).model)
+    ratio, ms = ratio_for_latency(model, target, macs_latency)
+    assert ms == macs_latency(prune(model, ratio=ratio).model) <= target
+    assert ratio <= 0.37 and round(ratio * 100) == ratio * 100  # on the 1% grid
+    assert macs_latency(prune(model, ratio=ratio - 0.01).model) > target  # the ratio below misses it
+
+
+def test_latency_budget_starts_at_lowest_and_refuses_an_unreachable_target() -> None:
+    model = randomised("vgg19", 0.0625)
+    assert ratio_for_latency(model, 1e9, macs_latency, lowest=0.123) == (0.123, macs_latency(prune(model, 0.123).model))
+    with pytest.raises(PruneError, match="prune.target_latency_ms: 1e-09 ms is below"):
+        ratio_for_latency(model, 1e-9, macs_latency)
+    with pytest.raises(PruneError, match="positive number of milliseconds"):
+        ratio_for_latency(model, 0, macs_latency)
+
+
+def test_budget_ratio_without_a_latency_target_is_the_params_budget() -> None:
+    model = randomised("vgg19", 0.0625)
+    target = prune(model, ratio=0.6).params_after
+    assert budget_ratio(model, PruneConfig(target_params=target, round_to=4)) == ratio_for_budget(model, target, 2, 4)
+
+
+def test_a_latency_budget_measured_in_onnx_runtime_accepts_a_generous_target() -> None:
+    model = randomised("vgg19", 0.0625)
+    generous = PruneConfig(target_latency_ms=10_000.0)
+    assert budget_ratio(model, generous, threads=1) == 0.0  # measured: the largest and the smallest ratio
+
+
+# ---- the stage --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, fmnist_dir, monkeypatch):
+    """Prepared data, a sparse VGG-19 checkpoint and a 'fine-tuned' one (pruned, not trained: export reads files)."""
+    params = tiny_params(
+        tmp_path,
+        fmnist_dir,
+        model={"arch": "vgg19", "width": 0.0625},
+        prune={"ratios": [0.5]},
+        export={"threads": 1, "batch_sizes": [1, 8], "repeats": 1, "check_images": 32, "compare_round_to": 4},
+    )
+    write_params(tmp_path / "params.yaml", params)
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare"]) == 0
+    sparse = randomised("vgg19", 0.0625)
+    save_model(tmp_path / "models/sparse/1e-4/best.pt", sparse)
+    save_model(tmp_path / "models/finetuned/0.5.pt", prune(sparse, ratio=0.5).model)
+    return tmp_path
+
+
+def test_export_stage_writes_checked_onnx_files_and_speed_metrics(project, capsys) -> None:
+    assert main(["export"]) == 0
+    for name in ("unpruned", "finetuned_0.5"):
+        proto = onnx.load(project / f"models/exported/{name}.onnx")
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["model"] == name and json.loads(meta["std"]) and meta["dataset"] == "fashion-mnist"
+        reference = load_model(
+            project / ("models/sparse/1e-4/best.pt" if name == "unpruned" else "models/finetuned/0.5.pt")
+        )
+        session = ort_session(project / f"models/exported/{name}.onnx", threads=1)
+        assert max_abs_difference(reference, session, images(4)) <= 1e-4
+    metrics = json.loads((project / "reports/export/metrics.json").read_text())
+    assert metrics["threads"] == 1 and metrics["opset"] == OPSET
+    tuned = metrics["finetuned_0.5"]
+    assert tuned["max_abs_diff"] <= 1e-4 and 0 <= tuned["onnx_test_acc"] <= 1
+    assert tuned["macs_ratio"] == metrics["unpruned"]["macs"] / tuned["macs"] > 1
+    for b in (1, 8):
+        assert tuned[f"speedup_b{b}"] == tuned[f"onnx_images_per_s_b{b}"] / tuned[f"onnx_images_per_s_unpruned_b{b}"]
+        assert tuned[f"eager_speedup_b{b}"] > 0
+    widths = json.loads((project / "reports/export/widths.json").read_text())
+    plain, rounded = widths["pruned_0.5"], widths["pruned_0.5_round4"]
+    assert (plain["round_to"], rounded["round_to"]) == (1, 4)
+    assert plain["params"] < rounded["params"] and plain["macs"] < rounded["macs"]
+    assert plain["params"] == tuned["params"]  # the fine-tuned model is the plain pruned one here
+    assert 0 <= rounded["test_acc"] <= 1 and rounded["speedup_b8"] > 0
+    assert "finetuned_0.5: max |Δ logit|" in capsys.readouterr().out
+
+
+def test_export_stage_fails_and_writes_nothing_when_onnx_runtime_disagrees(project) -> None:
+    with pytest.raises(ExportError, match="unpruned: ONNX Runtime's logits differ"):
+        main(["export", "--set", "export.atol=1e-12"])
+    assert not (project / "models/exported").exists() and not (project / "reports/export").exists()
+
+
+def test_export_stage_names_a_missing_finetuned_model(project, capsys) -> None:
+    (project / "models/finetuned/0.5.pt").unlink()
+    assert main(["export"]) == 2
+    assert "models/finetuned/0.5.pt" in capsys.readouterr().err
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+
+def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_side_by_side() -> None:
+    from netslim.report import export_markdown
+
+    assert export_markdown({}, {}) == []
+    metrics = {
+        "threads": 2,
+        "opset": OPSET,
+        "unpruned": {"macs": 1000, "max_abs_diff": 1e-6},
+        "finetuned_0.9": {
+            "macs_ratio": 5.5,
+            "speedup_b1": 2.2,
+            "speedup_b64": 3.85,
+            "speedup_over_macs_ratio_b1": 0.4,
+            "speedup_over_macs_ratio_b64": 0.7,
+            "eager_speedup_b1": 1.41,
+            "eager_speedup_b64": 1.88,
+            "onnx_test_acc": 0.71,
+            "max_abs_diff": 2.5e-6,
+        },
+    }
+    widths = {
+        "threads": 2,
+        "pruned_0.5": {"round_to": 1, "params": 123456, "macs": 2_500_000, "test_acc": 0.5, "speedup_b64": 0.9},
+        "pruned_0.5_round8": {"round_to": 8, "params": 130000, "macs": 2_700_000, "test_acc": 0.52, "speedup_b64": 1.3},
+    }
+    text = "\n\n".join(export_markdown(metrics, widths))
+    assert f"opset {OPSET}" in text and "with 2 threads" in text
+    assert (
+        "| pruned 90% + fine-tuned | 5.50× | 2.20× | 3.85× | 0.40× | 0.70× | 1.41× | 1.88× | 71.00% | 2.5e-06 |" in text
+    )
+    assert "| pruned 50% | 1 | 123,456 | 2.5 M | 50.00% | 0.90× |" in text
+    assert "| pruned 50% | 8 | 130,000 | 2.7 M | 52.00% | 1.30× |" in text
+
+
+def test_the_pull_request_diff_tables_export_speed_per_model() -> None:
+    """ci-report reads every dvc.yaml metrics file; the export metrics, nested by model, become one table each."""
+    from netslim.ci_report import Change, metric_tables
+
+    diff = {  # what `dvc metrics diff --json --all` reports for reports/export/metrics.json
+        "reports/export/metrics.json": {
+            "threads": {"old": 2, "new": 2},
+            "finetuned_0.5.speedup_b64": {"old": 0.9, "new": 1.4, "diff": 0.5},
+            "finetuned_0.5.macs_ratio": {"old": 2.2, "new": 2.0, "diff": -0.2},
+            "finetuned_0.9.speedup_b1": {"old": None, "new": 2.3},
+        }
+    }
+    tables = metric_tables(diff)
+    assert tables["`reports/export/metrics.json` · finetuned_0.5"] == [
+        Change("macs_ratio", 2.2, 2.0),
+        Change("speedup_b64", 0.9, 1.4),
+    ]
+    assert tables["`reports/export/metrics.json` · finetuned_0.9"] == [Change("speedup_b1", None, 2.3)]
