@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -49,6 +50,8 @@ def main() -> int:
     env = os.environ | {"NETSLIM_PIPELINE_ID": f"demo-{uuid.uuid4().hex[:8]}"}
     cmd = ["dvc", "exp", "run", *set_args()]
     print("+", " ".join(cmd), flush=True)
+    # A `kill` (SIGTERM) would end Python without running the `finally` that restores params.yaml: make it an exit.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     with restored(PARAMS):
         result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
