@@ -122,7 +122,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "dataset": data.dataset,
     }
     with tracking.stage_run(config, "export", "export", **{"lambda": lam}) as run:
-        run.params({f"export.{k}": v for k, v in vars(e).items()} | {"threads": threads, "opset": OPSET})
+        run.set_tags({"ort_threads": threads, "opset": OPSET})  # stage_run itself logs the params dvc.yaml lists
         exported, metrics = {}, {}
         for name, model in models.items():  # each checked right after its export: a wrong file stops the stage early
             info = metadata | {"model": name, "arch": model.arch, "cfg": json.dumps(model.cfg)}
