@@ -47,7 +47,9 @@ def restored(path: Path) -> Iterator[None]:
 
 
 def main() -> int:
-    env = os.environ | {"NETSLIM_PIPELINE_ID": f"demo-{uuid.uuid4().hex[:8]}"}
+    # dvc and the stages' `netslim` come from this interpreter's venv, also when it is not on PATH
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = os.environ | {"NETSLIM_PIPELINE_ID": f"demo-{uuid.uuid4().hex[:8]}", "PATH": path}
     cmd = ["dvc", "exp", "run", *set_args()]
     print("+", " ".join(cmd), flush=True)
     # A `kill` (SIGTERM) would end Python without running the `finally` that restores params.yaml: make it an exit.

@@ -36,7 +36,8 @@ FIGURES = {
 }
 BASELINE = "unpruned_lambda_0"  # summary key of the model trained with λ = 0, when the pruned λ is another
 SMALL_GAMMA = 0.05  # |γ| below this counts as "near zero" in the captions (the and the paper's eye-ball line)
-SEED_LAMBDA = 1e-4  # the λ of the 40-epoch seed experiment, against which a scaled demo λ is stated
+SEED_LAMBDA_LABEL = "1e-4"  # the λ of the 40-epoch seed experiment, against which a scaled demo λ is stated
+SEED_LAMBDA = float(SEED_LAMBDA_LABEL)
 # How a pruned model was repaired right after surgery: prune metrics key suffix -> column title.
 REPAIRS = {
     "plain": "plain surgery",
@@ -591,7 +592,7 @@ def lambda_scale_note(inputs: ReportInputs, config: Config) -> str:
         return ""
     return (
         f" (scaled for {round(steps):,} steps per λ: the 40-epoch seed experiment, about 14,000 steps, uses "
-        f"{SEED_LAMBDA:g}; this short run needs up to ×{largest / SEED_LAMBDA:g} to move γ as far)"
+        f"{SEED_LAMBDA_LABEL}; this short run needs up to ×{largest / SEED_LAMBDA:g} to move γ as far)"
     )
 
 
