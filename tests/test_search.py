@@ -318,8 +318,15 @@ def test_search_stage_runs_only_when_its_dvc_yaml_is_named(tmp_path, fmnist_dir)
         assert (repo / "reports/search" / name).is_file(), name
     lock = yaml.safe_load((repo / "search/dvc.lock").read_text())
     assert lock["stages"]["search"]["params"]["params.yaml"]["search"]["n_trials"] == 2  # the root params.yaml
+    assert "reports/search/study.db" in {out["path"] for out in lock["stages"]["search"]["outs"]}
     assert ran_stages(run([dvc, "repro"], repo)) == set()
     assert "didn't change" in run([dvc, "repro", "search/dvc.yaml"], repo)
+    # The study is a persisted output: a forced rerun continues it (it holds its 2 trials, so none runs) instead
+    # of starting over on a deleted database.
+    started = [t.datetime_start for t in study_of(repo).trials]
+    forced = run([dvc, "repro", "--force", "--single-item", "search/dvc.yaml"], repo)
+    assert ran_stages(forced) == {"search/dvc.yaml:search"}
+    assert [t.datetime_start for t in study_of(repo).trials] == started and len(rows_of(repo)) == 2
 
 
 def running_trials(root: Path) -> list:
