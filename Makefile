@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-fast ui setup system-deps lint bench search clean-demo
+.PHONY: demo test test-fast ui dashboard setup system-deps lint bench search clean-demo
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,postgres]'  # postgres: the multi-worker search test runs on a real server
 	touch $(STAMP)
 
 setup: $(STAMP) system-deps
@@ -48,6 +48,14 @@ ui: $(STAMP)
 
 search: setup
 	$(BIN)/dvc repro search/dvc.yaml
+
+# Optuna's dashboard on the search's study: the default SQLite file, or another storage with
+# make dashboard STUDY=postgresql+psycopg://user:pw@host/netslim (installs the `dashboard` extra once).
+STUDY ?= sqlite:///reports/search/study.db
+DASHBOARD_PORT ?= 8080
+dashboard: $(STAMP)
+	test -x $(BIN)/optuna-dashboard || $(BIN)/pip install -q -e '.[dashboard]'
+	$(BIN)/optuna-dashboard $(STUDY) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 bench: setup
 	$(BIN)/netslim bench

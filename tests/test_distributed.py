@@ -20,7 +20,7 @@ from netslim.slimming.sparsity import add_l1_subgradient
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
-# Launched by torchrun on every rank: the real `netslim train` (cli.main), with the stage's `fit`
+# Launched by torchrun on every rank: the real `netslim train` (cli.main), with the sparsity step's `fit`
 # wrapped so that each rank saves the model it ends with. The wrapper only records; training is real.
 RANK_DUMP_HELPER = """
 import sys
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-import netslim.stages.train as train_stage
+import netslim.steps.train as train_step
 from netslim.cli import main
 from netslim.engine import fit, world
 from netslim.models import unwrap
@@ -45,7 +45,7 @@ def fit_and_dump(model, *args, **kwargs):
     return result
 
 
-train_stage.fit = fit_and_dump
+train_step.fit = fit_and_dump
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -112,7 +112,8 @@ def test_push_then_pull_restores_identical_checkpoints(project):
     before = {p: sha(p) for p in checkpoints}
     run([DVC, "push"], project)
     shutil.rmtree(project / ".dvc" / "cache")
-    shutil.rmtree(project / "models")
+    for path in checkpoints:  # not the whole folder: DVC's .gitignore files there keep the outputs out of git
+        path.unlink()
     run([DVC, "pull"], project)
     assert {p: sha(p) for p in checkpoints} == before
 

@@ -17,8 +17,8 @@ from netslim import report
 from netslim.cli import main as cli_main
 from netslim.config import Config, ConfigError, PathsConfig, config_from_dict
 from netslim.io import write_csv, write_json
+from netslim.layout import Layout
 from netslim.stages import report as stage
-from netslim.stages.common import Layout
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAMBDAS = ["1e-4", "1e-5", "0"]

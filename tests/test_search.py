@@ -32,10 +32,11 @@ from netslim.search import (
     LOST_WORKER,
     LR_PARAM,
     exp_run_command,
+    figures,
     select_best,
     summarize,
+    trial_budget,
     trial_row,
-    with_driver,
 )
 
 BIN = Path(sys.executable).parent
@@ -169,21 +170,48 @@ def _trial(value, accuracy, params, state=TrialState.COMPLETE, lam="1e-4", lr=1e
     )
 
 
-def test_an_infeasible_trial_with_higher_accuracy_is_never_chosen(tmp_path):
+def _legend_and_points(ax) -> dict[str, list[float]]:
+    """x values of each scatter on `ax`, by legend label (Optuna leaves the gray infeasible points unlabelled)."""
+    return {c.get_label(): [float(x) for x, _ in c.get_offsets()] for c in ax.collections if len(c.get_offsets())}
+
+
+def test_budget_best_choice_and_plots_come_from_optunas_own_api(tmp_path):
+    """On SQLite: Optuna's MaxTrialsCallback counts the trials, Optuna's constrained best_trial is chosen (never the
+    infeasible trial with higher accuracy), and Optuna's matplotlib plots draw the history and importances."""
+    config = load_config(committed_params(tmp_path))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize", study_name="s")
     study.add_trial(_trial(0.99, accuracy=-0.09, params=0.5))  # best accuracy, 50% over the parameter budget
     study.add_trial(_trial(0.97, accuracy=-0.07, params=0.01))  # just over the budget
-    study.add_trial(_trial(0.93, accuracy=-0.03, params=-0.2))  # feasible
-    study.add_trial(_trial(0.95, accuracy=-0.05, params=-0.1))  # feasible, the best of them
+    study.add_trial(_trial(0.93, accuracy=-0.03, params=-0.2, lr=3e-3))  # feasible
+    study.add_trial(_trial(0.95, accuracy=-0.05, params=-0.1, lr=2e-4))  # feasible, the best of them
     study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.999}))
     study.add_trial(create_trial(state=TrialState.FAIL))
 
-    best, feasible = select_best(study.trials)
-    assert (best.number, feasible) == (3, True)
-    assert study.best_trial.number == best.number  # Optuna's own constrained choice agrees
+    best, feasible = select_best(study)
+    assert (best.number, feasible) == (3, True) and best.number == study.best_trial.number
     rows = [trial_row(t) for t in study.trials]
     assert [r["feasible"] for r in rows] == [False, False, True, True, "", ""]
     assert rows[4]["val_acc"] == 0.999 and rows[5]["reason"] == LOST_WORKER
+
+    made = figures(study, rows, summarize(study, config, "sqlite:///s.db"), config)
+    assert list(made) == list(FIGURES)
+    history = made["history.png"].axes[0]
+    assert history.get_title() == "Optimization History Plot"  # Optuna's
+    points = _legend_and_points(history)
+    assert points["validation accuracy"] == [2.0, 3.0]  # feasible; the infeasible 0 and 1 are drawn apart, in gray
+    assert sorted(x for label, xs in points.items() if label != "validation accuracy" for x in xs) == [0.0, 1.0]
+    best_so_far = next(line for line in history.lines if line.get_label() == "Best Value")
+    assert list(best_so_far.get_ydata())[-1] == 0.95  # the best feasible value, not 0.99
+    importances = made["importances.png"].axes[0]
+    assert importances.get_title(loc="left") == "Hyperparameter Importances"
+    assert {t.get_text() for t in importances.get_yticklabels()} == {LAMBDA_PARAM, LR_PARAM}
+
+    # The budget: 6 finished trials and one running on another worker count as 7, so a budget of 8 runs one more.
+    study.ask()  # another worker's trial, still running
+    budget = trial_budget(8)
+    assert isinstance(budget, optuna.study.MaxTrialsCallback)
+    study.optimize(lambda t: t.suggest_float(LR_PARAM, 1e-4, 1e-2, log=True), n_trials=10, callbacks=[budget])
+    assert len(study.trials) == 8
 
 
 def test_without_feasible_trials_the_closest_is_shown_and_said_to_be_infeasible(tmp_path):
@@ -192,7 +220,7 @@ def test_without_feasible_trials_the_closest_is_shown_and_said_to_be_infeasible(
     study.add_trial(_trial(0.99, accuracy=-0.09, params=0.5))
     study.add_trial(_trial(0.85, accuracy=0.05, params=-0.5, lam="1e-5"))  # the smallest violation
 
-    best, feasible = select_best(study.trials)
+    best, feasible = select_best(study)
     assert (best.number, feasible) == (1, False)
     summary = summarize(study, config, "sqlite:///x.db")
     assert summary["feasible"] is False and summary["trial"] == 1 and summary["lambda"] == "1e-5"
@@ -290,8 +318,15 @@ def test_search_stage_runs_only_when_its_dvc_yaml_is_named(tmp_path, fmnist_dir)
         assert (repo / "reports/search" / name).is_file(), name
     lock = yaml.safe_load((repo / "search/dvc.lock").read_text())
     assert lock["stages"]["search"]["params"]["params.yaml"]["search"]["n_trials"] == 2  # the root params.yaml
+    assert "reports/search/study.db" in {out["path"] for out in lock["stages"]["search"]["outs"]}
     assert ran_stages(run([dvc, "repro"], repo)) == set()
     assert "didn't change" in run([dvc, "repro", "search/dvc.yaml"], repo)
+    # The study is a persisted output: a forced rerun continues it (it holds its 2 trials, so none runs) instead
+    # of starting over on a deleted database.
+    started = [t.datetime_start for t in study_of(repo).trials]
+    forced = run([dvc, "repro", "--force", "--single-item", "search/dvc.yaml"], repo)
+    assert ran_stages(forced) == {"search/dvc.yaml:search"}
+    assert [t.datetime_start for t in study_of(repo).trials] == started and len(rows_of(repo)) == 2
 
 
 def running_trials(root: Path) -> list:
@@ -344,6 +379,7 @@ def postgres_url():
     """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package) and the URL of a fresh database."""
     if not PG_BINS or not (PG_BINS[-1] / "initdb").is_file():
         pytest.skip("PostgreSQL is not installed: apt-get install postgresql (`make test` does it as root)")
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed: pip install -e '.[postgres]'")
     pg = PG_BINS[-1]
     as_user: list[str] = []
     # The server refuses to run as root; as root, run it as the `postgres` user the Debian package creates.
@@ -365,7 +401,7 @@ def postgres_url():
             [*as_user, str(pg / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o", options, "-w", "start"], base
         )
         run([*as_user, str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "netslim", "netslim"], base)
-        yield f"postgresql://netslim@127.0.0.1:{port}/netslim"
+        yield f"postgresql+psycopg://netslim@127.0.0.1:{port}/netslim"
     finally:
         subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
@@ -392,7 +428,7 @@ def test_two_workers_on_postgresql_record_every_trial_once(tmp_path, fmnist_dir,
     for worker, (out, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, out + err[-3000:]
 
-    study = optuna.load_study(study_name="netslim", storage=with_driver(postgres_url))
+    study = optuna.load_study(study_name="netslim", storage=postgres_url)
     trials = study.trials
     # A worker starts a trial only while the study holds fewer than n_trials: the other worker may have
     # started one in the same instant, so there can be one more, never a lost or doubled one.

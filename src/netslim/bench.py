@@ -1,7 +1,8 @@
 """`netslim bench`: where the time goes, as ratios measured in one run on this machine.
 
 Four figures, each a ratio of two median times whose samples were taken interleaved (A B, B A, A B ...),
-so that a busy, shared machine slows both sides alike:
+so that a busy, shared machine slows both sides alike. The samples come from measure.py's one timer and its
+policy (medians; inference under the `runtime` switches), the same that times prune's speedups:
 
 1. netslim's training epoch vs a seed-style epoch: a torchvision-style Dataset over the same uint8
    images, per-image PIL transforms (Pad(4), RandomCrop(32), RandomHorizontalFlip, ToTensor, Normalize)
@@ -40,7 +41,7 @@ from netslim.config import Config, ConfigError, TrackingConfig
 from netslim.data import PreparedData, Split, normalize
 from netslim.engine import FitSettings, epoch_generator, make_optimizer, resolve_device, train_one_epoch
 from netslim.io import atomic_write_text, write_json
-from netslim.measure import count_macs
+from netslim.measure import count_macs, forward_runner, interleaved_seconds, synchronizer
 from netslim.models import ARCHITECTURES, build_model, prunable_batchnorms
 from netslim.slimming.sparsity import add_l1_subgradient
 from netslim.slimming.surgery import prune
@@ -98,31 +99,12 @@ class BenchSettings:
 # ---- timing --------------------------------------------------------------------------------------
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def interleaved(
     variants: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Seconds of each call, variants taken in turn after `warmup` untimed rounds.
-
-    Each round starts one variant later (A B C, B C A, C A B, ...), so that no variant always runs
-    right after the same other one (a DataLoader's workers shutting down, caches it left cold).
-    """
-    names = list(variants)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(warmup + repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            _synchronize(device)  # queued work from the previous call must not be charged to this one
-            start = time.perf_counter()
-            variants[name]()
-            _synchronize(device)
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+    """Seconds of each call of each named variant, from measure.py's one timer (`interleaved_seconds`)."""
+    samples = interleaved_seconds(list(variants.values()), repeats, warmup, synchronizer(device))
+    return dict(zip(variants, samples, strict=True))
 
 
 def figure(key: str, title: str, times: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, Any]:
@@ -367,23 +349,12 @@ def measure_inference(s: BenchSettings, config: Config, device: torch.device) ->
     reference = random_gamma_model(s)
     models = {"unpruned": reference} | {f"pruned_{r:g}": prune(reference, ratio=r).model.eval() for r in PRUNE_RATIOS}
     macs = {name: count_macs(m) for name, m in models.items()}
-    fmt = torch.channels_last if config.runtime.channels_last and device.type == "cuda" else torch.contiguous_format
-    amp = config.runtime.amp and device.type == "cuda"
-    for m in models.values():
-        m.to(device).to(memory_format=fmt)
+    switches = {"amp": config.runtime.amp, "channels_last": config.runtime.channels_last}
     rows = []
     for batch in INFERENCE_BATCHES:
-        x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         calls = max(1, INFERENCE_IMAGES // batch)
-
-        def forwards(m: nn.Module, x: torch.Tensor = x, calls: int = calls) -> None:
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                for _ in range(calls):
-                    m(x)
-
-        times = interleaved(
-            {name: (lambda m=m: forwards(m)) for name, m in models.items()}, device, 5 * s.repeats, s.warmup + 1
-        )
+        runners = {name: forward_runner(m, batch, device, calls=calls, **switches) for name, m in models.items()}
+        times = interleaved(runners, device, 5 * s.repeats, s.warmup + 1)
         for ratio in PRUNE_RATIOS:
             name = f"pruned_{ratio:g}"
             row = figure(

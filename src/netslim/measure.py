@@ -2,14 +2,20 @@
 
 MACs (multiply-accumulates) are counted by thop; FLOPs are reported as 2 × MACs. Both names are spelled out
 everywhere, because papers use "FLOPs" for either. Throughput is images per second in eval mode under
-torch.inference_mode, so that a pruned model's realised speedup can sit next to its MACs ratio. Every speed figure
-comes from one timer, `interleaved_seconds`, which times any callables (an eager model, an ONNX Runtime session).
+torch.inference_mode, so that a pruned model's realised speedup can sit next to its MACs ratio.
+
+One timing policy for every speed figure (prune's speedups, which the report shows, and `netslim bench`):
+- one timer, `interleaved_seconds`, which times any callables (an eager model, an ONNX Runtime session) in turn, so
+  that a busy, shared machine slows every side alike;
+- the median of the timed samples, not their mean: one sample slowed by another process does not move it;
+- eager models run as evaluation runs them (`engine.evaluate`): bf16 autocast and channels_last on CUDA when the
+  `runtime.amp` / `runtime.channels_last` switches are on, fp32 and contiguous on the CPU.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -27,9 +33,11 @@ __all__ = [
     "count_macs",
     "count_params",
     "flops_from_macs",
+    "forward_runner",
     "interleaved_seconds",
     "interleaved_throughput",
     "model_summary",
+    "synchronizer",
     "throughput",
 ]
 
@@ -69,7 +77,7 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE
     return {"params": count_params(model), "macs": macs, "flops": flops_from_macs(macs)}
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None] | None:
+def synchronizer(device: torch.device) -> Callable[[], None] | None:
     """What drains `device`'s queue (None where calls return only when their work is done, as on the CPU)."""
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
@@ -126,16 +134,41 @@ def interleaved_throughput(
     """Images per second of each runner, each call processing one batch of `batch_size` images.
 
     The runners are timed interleaved by `interleaved_seconds` (see there for `repeats`, `warmup`, `synchronize`);
-    a runner's throughput is all the images it processed over all its timed seconds.
+    a runner's throughput is `batch_size` over the median of its timed seconds.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size} must be >= 1")
     seconds = interleaved_seconds(runners, repeats, warmup, synchronize)
-    return [batch_size * len(samples) / sum(samples) for samples in seconds]
+    return [batch_size / statistics.median(samples) for samples in seconds]
 
 
-def _batch(model: nn.Module, batch_size: int, image_shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.randn(batch_size, *image_shape, device=device, dtype=_first_tensor(model).dtype)
+def forward_runner(
+    model: nn.Module,
+    batch_size: int,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    calls: int = 1,
+    image_shape: Sequence[int] = IMAGE_SHAPE,
+) -> Callable[[], None]:
+    """A zero-argument callable for the timer: `calls` forward passes of `model` on one random batch.
+
+    The model is moved to `device` and put in eval mode in place (the caller restores its mode); on CUDA it runs
+    in channels_last and under bf16 autocast when asked, as `engine.evaluate` runs it; on the CPU both are off.
+    """
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if channels_last and cuda else torch.contiguous_format
+    model.to(device).to(memory_format=fmt).eval()
+    x = torch.randn(batch_size, *image_shape, device=device, dtype=_first_tensor(model).dtype)
+    x = x.contiguous(memory_format=fmt)
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp and cuda):
+            for _ in range(calls):
+                model(x)
+
+    return forward
 
 
 def _timed_throughputs(
@@ -145,19 +178,21 @@ def _timed_throughputs(
     repeats: int,
     warmup: int,
     image_shape: Sequence[int],
+    amp: bool,
+    channels_last: bool,
 ) -> list[float]:
-    """Images/s of each eager model on random inputs, in eval mode under inference_mode, timed interleaved."""
+    """Images/s of each eager model on random inputs (see `forward_runner`), timed interleaved."""
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"batch_size {batch_size} and repeats {repeats} must be >= 1, warmup {warmup} >= 0")
     device = torch.device(device)
     models = [unwrap(m) for m in models]
     was_training = [m.training for m in models]
     try:
-        for m in models:
-            m.to(device).eval()
-        runners = [functools.partial(m, _batch(m, batch_size, image_shape, device)) for m in models]
-        with torch.inference_mode():
-            return interleaved_throughput(runners, batch_size, repeats, warmup, _synchronizer(device))
+        runners = [
+            forward_runner(m, batch_size, device, amp=amp, channels_last=channels_last, image_shape=image_shape)
+            for m in models
+        ]
+        return interleaved_throughput(runners, batch_size, repeats, warmup, synchronizer(device))
     finally:
         for m, training in zip(models, was_training, strict=True):
             m.train(training)
@@ -170,6 +205,9 @@ def throughput(
     repeats: int = 5,
     warmup: int = 2,
     image_shape: Sequence[int] = IMAGE_SHAPE,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> float:
     """Images per second of forward passes on random inputs.
 
@@ -177,8 +215,9 @@ def throughput(
         model: moved to `device` in place (as Module.to does); its train/eval mode is restored afterwards.
         batch_size: images per timed forward pass.
         repeats: timed passes; warmup: untimed passes first (allocator, cuDNN autotuning).
+        amp, channels_last: bf16 autocast and channels_last on CUDA (`runtime.amp`, `runtime.channels_last`).
     """
-    return _timed_throughputs([model], device, batch_size, repeats, warmup, image_shape)[0]
+    return _timed_throughputs([model], device, batch_size, repeats, warmup, image_shape, amp, channels_last)[0]
 
 
 def compare_models(
@@ -189,12 +228,16 @@ def compare_models(
     repeats: int = 5,
     warmup: int = 2,
     image_shape: Sequence[int] = IMAGE_SHAPE,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> dict:
     """Params, MACs and FLOPs of both models, and their measured throughput at each batch size.
 
     Args:
         reference, pruned: the models (moved to `device` in place; modes restored).
         batch_sizes: one interleaved throughput measurement of both models per batch size.
+        amp, channels_last: bf16 autocast and channels_last on CUDA (`runtime.amp`, `runtime.channels_last`).
 
     `speedup` is the measured pruned/reference throughput; `macs_ratio` (reference MACs / pruned MACs) is the
     speedup the MACs alone promise, so the two can be compared directly.
@@ -203,7 +246,9 @@ def compare_models(
     macs_ratio = before["macs"] / after["macs"]
     rows = []
     for batch_size in batch_sizes:
-        ref_ips, pruned_ips = _timed_throughputs([reference, pruned], device, batch_size, repeats, warmup, image_shape)
+        ref_ips, pruned_ips = _timed_throughputs(
+            [reference, pruned], device, batch_size, repeats, warmup, image_shape, amp, channels_last
+        )
         rows.append(
             {
                 "batch_size": int(batch_size),

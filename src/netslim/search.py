@@ -13,7 +13,11 @@ with the reason in its user attrs.
 
 Storage: an Optuna RDB (SQLite file by default, PostgreSQL for several machines) with a heartbeat, so a killed
 worker's trial turns FAIL instead of staying RUNNING. Rerunning continues the study until it holds
-`n_trials` trials (finished or running on another worker).
+`n_trials` trials (finished or running on another worker): Optuna's MaxTrialsCallback counts them.
+
+The trial's work is the pipeline's own steps (`netslim.steps`: sparsity training, pruning, fine-tuning), so a
+trial computes what the stages would; this module adds only the search around them: the λ cache, Optuna's
+pruner and constraints, heartbeats, and one nested MLflow run per trial.
 """
 
 from __future__ import annotations
@@ -27,33 +31,40 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from netslim import tracking
 from netslim.config import Config, ConfigError, lambda_label, validate
 from netslim.data import PreparedData, load_prepared
-from netslim.engine import TrainingDiverged, evaluate, fit, resolve_device, set_deterministic
+from netslim.engine import TrainingDiverged, evaluate, resolve_device, set_deterministic
 from netslim.io import CheckpointError, atomic_path, file_sha256, load_checkpoint, write_csv, write_json
+from netslim.layout import Layout
 from netslim.measure import model_summary
-from netslim.models import build_model, model_from_checkpoint, save_model
-from netslim.slimming.sparsity import init_bn_scale
-from netslim.slimming.surgery import prune
-from netslim.stages.common import Layout, fit_settings
+from netslim.models import model_from_checkpoint, save_model
+from netslim.steps import RunOptions, fit_settings
+from netslim.steps.finetune import finetune
+from netslim.steps.prune import prune_configured
+from netslim.steps.train import sparse_fingerprint, sparsity_train
 
 LAMBDA_PARAM = "log10_lambda"  # λ = 10 ** this, on a grid of 1 / lambda_steps_per_decade
 LR_PARAM = "finetune_lr"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 CATCH = (RuntimeError, ValueError, ArithmeticError)  # a trial failing this way is recorded FAIL; the study goes on
 FIGURES = ("history.png", "importances.png", "accuracy_vs_params.png")
+OBJECTIVE = "validation accuracy"
 LOST_WORKER = "its worker stopped sending heartbeats (killed or lost) and the trial was failed"
+# SQLAlchemy's URL for PostgreSQL through psycopg 3 (the `postgres` extra); a bare postgresql:// picks the dialect's
+# default driver, which is psycopg 3 from SQLAlchemy 2.1 on and psycopg2 before.
+POSTGRES_URL = "postgresql+psycopg://user:password@host:5432/netslim"
 
 # Params whose change makes earlier trials incomparable: a study refuses to mix them.
 STUDY_SETTINGS = (
@@ -76,6 +87,7 @@ STUDY_SETTINGS = (
     "finetune.lr_gamma",
     "prune.min_channels",
     "prune.bias_compensation",
+    "prune.recalibration_batches",
     "constraints.min_accuracy",
     "constraints.max_params",
     "search.ratio",
@@ -95,10 +107,6 @@ class Context:
     data_hash: str
     parent: tracking.Tracker
 
-    @property
-    def cache_dir(self) -> Path:
-        return Path(self.config.paths.search_reports) / "cache"
-
 
 # ---- storage and study ------------------------------------------------------------------------
 
@@ -115,18 +123,6 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not even a URL: show it as given
         return url
-
-
-def with_driver(url: str) -> str:
-    """postgresql://... with the psycopg2 driver the project installs (psycopg2-binary).
-
-    SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed; an explicit driver wins.
-    """
-    import importlib.util
-
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
 
 
 def open_storage(url: str, heartbeat_interval: int, attempts: int = 3) -> optuna.storages.RDBStorage:
@@ -146,7 +142,7 @@ def open_storage(url: str, heartbeat_interval: int, attempts: int = 3) -> optuna
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    with_driver(url),
+                    url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=2 * heartbeat_interval,
@@ -155,12 +151,18 @@ def open_storage(url: str, heartbeat_interval: int, attempts: int = 3) -> optuna
             if attempt == attempts - 1:
                 raise
             time.sleep(1 + attempt)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        except ImportError as e:
+            raise ConfigError(
+                f"search.storage: {redact(url)} needs the database driver {e.name or 'for it'}, which is not "
+                "installed; for PostgreSQL install the extra (pip install 'netslim[postgres]', psycopg 3), or "
+                "leave search.storage null for the local SQLite file"
+            ) from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
             detail = " ".join(str(e).split())[:160]
             raise ConfigError(
                 f"search.storage: {redact(url)} cannot be opened ({type(e).__name__}: {detail}); check the URL "
-                "(e.g. postgresql://user:password@host:5432/netslim) and that the database server accepts "
-                "connections, or leave it null for the local SQLite file"
+                f"(e.g. {POSTGRES_URL}) and that the database server accepts connections, or leave it null for "
+                "the local SQLite file"
             ) from None
     raise AssertionError("unreachable")
 
@@ -211,14 +213,9 @@ def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
-def stop_at(n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Stop this worker once the study (all workers together) holds n_trials trials."""
-
-    def callback(study: optuna.Study, _trial: FrozenTrial) -> None:
-        if counted(study) >= n_trials:
-            study.stop()
-
-    return callback
+def trial_budget(n_trials: int) -> MaxTrialsCallback:
+    """Stop this worker once the study (all workers together) holds n_trials counted trials."""
+    return MaxTrialsCallback(n_trials, states=COUNTED)
 
 
 # ---- one trial --------------------------------------------------------------------------------
@@ -242,13 +239,12 @@ def suggest(trial: optuna.Trial, config: Config) -> tuple[float, float]:
 
 def sparse_model(ctx: Context, lam: float, run: tracking.Tracker) -> tuple[nn.Module, bool]:
     """The sparsity-trained model of λ and whether it came from the cache; TrainingDiverged if λ diverges."""
-    config, label = ctx.config, lambda_label(lam)
+    config, label, cache = ctx.config, lambda_label(lam), ctx.layout.search_cache
     settings = fit_settings(
         config, config.train, lam, epochs=config.search.train_epochs, divergence_loss=config.search.divergence_loss
     )
-    extra = {"arch": config.model.arch, "width": config.model.width, "data": ctx.data_hash}
-    fingerprint = settings.fingerprint(extra)
-    path, diverged = ctx.cache_dir / f"{label}.pt", ctx.cache_dir / f"{label}.diverged.json"
+    fingerprint = sparse_fingerprint(config, settings, ctx.data_hash)
+    path, diverged = cache / f"{label}.pt", cache / f"{label}.diverged.json"
     marker = _read_marker(diverged)
     if marker.get("fingerprint") == fingerprint:
         raise TrainingDiverged(marker["epoch"], marker["loss"], settings.divergence_loss)
@@ -259,29 +255,32 @@ def sparse_model(ctx: Context, lam: float, run: tracking.Tracker) -> tuple[nn.Mo
                 return model_from_checkpoint(checkpoint, path), True
         except CheckpointError as e:
             print(f"warning: training λ={label} again: {e}", file=sys.stderr)
-    torch.manual_seed(config.experiment.seed)
-    model = init_bn_scale(
-        build_model(config.model.arch, ctx.data.num_classes, width=config.model.width), config.model.bn_init
-    )
     state_path = ctx.layout.state("search-train", label)
     try:
-        result = fit(
-            model,
+        result = sparsity_train(
+            config,
             ctx.data,
             settings,
             ctx.device,
-            state_path=state_path,
-            resume=True,  # a worker killed during sparsity training continues where it stopped
-            fingerprint_extra=extra,
-            on_epoch=lambda record, _m: run.metrics(_public(record, "sparse_"), step=int(record["epoch"])),
-            desc=f"search train λ={label}",
+            ctx.data_hash,
+            RunOptions(
+                state_path,
+                resume=True,  # a worker killed during sparsity training continues where it stopped
+                on_epoch=lambda record, _m: run.metrics(_public(record, "sparse_"), step=int(record["epoch"])),
+                desc=f"search train λ={label}",
+            ),
         )
     except TrainingDiverged as e:
         write_json(diverged, {"fingerprint": fingerprint, "epoch": e.epoch, "loss": e.loss, "reason": str(e)})
         state_path.unlink(missing_ok=True)
         raise
-    model.load_state_dict(result.best_state)
-    provenance = {"stage": "search-train", "lambda": lam, "fingerprint": fingerprint, "best_epoch": result.best_epoch}
+    model = result.best_model()
+    provenance = {
+        "stage": "search-train",
+        "lambda": lam,
+        "fingerprint": fingerprint,
+        "best_epoch": result.fit.best_epoch,
+    }
     save_model(path, model, provenance)
     state_path.unlink(missing_ok=True)
     return model, False
@@ -309,12 +308,7 @@ def train_prune_finetune(ctx: Context, trial: optuna.Trial, lam: float, lr: floa
     except TrainingDiverged as e:
         raise optuna.TrialPruned(f"sparsity training with λ={lambda_label(lam)} diverged: {e}") from None
     trial.set_user_attr("sparse_cached", cached)
-    pruned = prune(
-        sparse,
-        ratio=config.search.ratio,
-        min_channels=config.prune.min_channels,
-        bias_compensation=config.prune.bias_compensation,
-    )
+    pruned = prune_configured(sparse, ctx.data, config, ctx.device, config.search.ratio)
     model = pruned.model
     summary = model_summary(model)
     trial.set_user_attr("params", summary["params"])
@@ -350,15 +344,15 @@ def train_prune_finetune(ctx: Context, trial: optuna.Trial, lam: float, lr: floa
         divergence_loss=config.search.divergence_loss,
     )
     try:
-        result = fit(model, ctx.data, settings, ctx.device, on_epoch=on_epoch, desc=f"search trial {trial.number}")
+        options = RunOptions(on_epoch=on_epoch, desc=f"search trial {trial.number}")
+        tuned = finetune(model, ctx.data, settings, ctx.device, {}, options)
     except TrainingDiverged as e:
         raise optuna.TrialPruned(f"fine-tuning with lr={lr:.3g} diverged: {e}") from None
-    at_best = result.history[result.best_epoch - 1]
-    trial.set_user_attr("val_acc", at_best["val_acc"])
-    trial.set_user_attr("test_acc", at_best["test_acc"])  # shown for the best trial only
-    trial.set_user_attr("best_epoch", result.best_epoch)
-    set_constraint(trial, run, "accuracy", config.constraints.min_accuracy - at_best["val_acc"])
-    return float(at_best["val_acc"])
+    trial.set_user_attr("val_acc", tuned.best["val_acc"])
+    trial.set_user_attr("test_acc", tuned.best["test_acc"])  # shown for the best trial only
+    trial.set_user_attr("best_epoch", tuned.fit.best_epoch)
+    set_constraint(trial, run, "accuracy", config.constraints.min_accuracy - tuned.best["val_acc"])
+    return float(tuned.best["val_acc"])
 
 
 def set_constraint(trial: optuna.Trial, run: tracking.Tracker, name: str, value: float) -> None:
@@ -435,13 +429,14 @@ def violation(trial: FrozenTrial) -> float:
     return sum(max(0.0, v) for v in trial.constraints.values())
 
 
-def select_best(trials: Sequence[FrozenTrial]) -> tuple[FrozenTrial | None, bool]:
-    """(trial, feasible): the complete feasible trial with the highest value; else the closest complete one
-    (smallest total constraint violation, then highest value); (None, False) without complete trials."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    feasible = [t for t in complete if is_feasible(t)]
-    if feasible:
-        return max(feasible, key=lambda t: (t.value, -t.number)), True
+def select_best(study: optuna.Study) -> tuple[FrozenTrial | None, bool]:
+    """(trial, feasible): Optuna's best trial, the complete feasible one with the highest value; without one, the
+    closest complete trial (smallest total constraint violation, then highest value); (None, False) without any."""
+    try:
+        return study.best_trial, True
+    except ValueError:  # no complete trial, or none that meets its constraints
+        pass
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:
         return min(complete, key=lambda t: (violation(t), -t.value, t.number)), False
     return None, False
@@ -503,7 +498,7 @@ def exp_run_command(lam_label: str, lr: float, ratio: float) -> str:
 def summarize(study: optuna.Study, config: Config, url: str) -> dict[str, Any]:
     """best.json: the best feasible trial (or, saying so, the closest one) and the study's state."""
     trials = study.get_trials(deepcopy=False)
-    best, feasible = select_best(trials)
+    best, feasible = select_best(study)
     cons = config.constraints
     summary: dict[str, Any] = {
         "study": study.study_name,
@@ -553,84 +548,58 @@ def _pyplot():
 
 def _save(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # Optuna's legends sit right of the axes
     _pyplot().close(fig)
 
 
-def _note(ax: Any, text: str) -> None:
+def _note(text: str) -> Any:
+    """A figure that says why there is nothing to plot."""
+    fig, ax = _pyplot().subplots(figsize=(5.6, 2.8))
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
+    return fig
 
 
-def plot_history(rows: list[dict[str, Any]], config: Config, path: Path) -> None:
-    """Validation accuracy per trial, feasible or not, pruned trials at their best epoch, best feasible so far."""
+def _optuna_figure(plot: Callable[..., Any], study: optuna.Study) -> Any:
+    """The figure of one of optuna.visualization.matplotlib's plots of validation accuracy."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    complete = [r for r in rows if r["state"] == "COMPLETE"]
-    groups = (
-        ([r for r in complete if r["feasible"] is True], dict(color="tab:blue", marker="o", label="feasible")),
-        ([r for r in complete if r["feasible"] is not True], dict(color="tab:red", marker="x", label="infeasible")),
-        (
-            [r for r in rows if r["state"] == "PRUNED" and r["val_acc"] != ""],
-            dict(color="0.6", marker=".", label="pruned"),
-        ),
-    )
-    for group, style in groups:
-        if group:
-            ax.scatter([r["number"] for r in group], [r["val_acc"] for r in group], **style)
-    best, steps = -math.inf, []
-    for r in sorted(complete, key=lambda r: r["number"]):
-        if r["feasible"] is True:
-            best = max(best, r["val_acc"])
-        steps.append((r["number"], best))
-    if any(math.isfinite(b) for _, b in steps):
-        ax.step(
-            *zip(*[(n, b) for n, b in steps if math.isfinite(b)], strict=True),
-            where="post",
-            color="tab:blue",
-            label="best feasible so far",
-        )
+    with warnings.catch_warnings(), plt.rc_context():  # the plots switch the global style to ggplot: keep it local
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return plot(study, target_name=OBJECTIVE).figure
+
+
+def plot_history(study: optuna.Study, config: Config) -> Any:
+    """Optuna's optimization history: each complete trial's validation accuracy (infeasible ones in gray) and the
+    best feasible value so far, with the accuracy constraint drawn in."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return _note("no trial has completed yet: there is no validation accuracy to plot")
+    fig = _optuna_figure(plot_optimization_history, study)
+    ax = fig.axes[0]
     ax.axhline(config.constraints.min_accuracy, ls="--", color="tab:green", label="min accuracy")
-    failed = sum(r["state"] == "FAIL" for r in rows)
-    ax.set(
-        xlabel="trial",
-        ylabel="validation accuracy",
-        title=f"Optimization history ({len(rows)} trials, {failed} failed)",
-    )
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    _save(fig, path)
+    ax.legend(bbox_to_anchor=(1.05, 1.0), loc="upper left")
+    return fig
 
 
-def plot_importances(study: optuna.Study, path: Path) -> None:
-    """fANOVA importances of log10 λ and the lr for validation accuracy; a note when they cannot be computed."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 2.8))
+def plot_importances(study: optuna.Study) -> Any:
+    """Optuna's parameter importances (its default evaluator) for validation accuracy; a note with fewer than 2
+    complete trials, where any split of importance would be arbitrary."""
+    from optuna.visualization.matplotlib import plot_param_importances
+
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    importances: dict[str, float] = {}
-    if len(complete) >= 2:
-        try:
-            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # seeded: same study, same figure
-            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-        except (ValueError, RuntimeError) as e:
-            _note(ax, f"parameter importances cannot be computed: {e}")
-    if importances:
-        names = list(importances)[::-1]
-        ax.barh(names, [importances[n] for n in names], color="tab:blue")
-        ax.set(
-            xlabel="importance for validation accuracy (fANOVA)",
-            title=f"Parameter importances ({len(complete)} trials)",
-        )
-    elif len(complete) < 2:
-        _note(ax, f"parameter importances need at least 2 complete trials; the study has {len(complete)}")
-    fig.tight_layout()
-    _save(fig, path)
+    if len(complete) < 2:
+        return _note(f"parameter importances need at least 2 complete trials; the study has {len(complete)}")
+    try:
+        return _optuna_figure(plot_param_importances, study)
+    except (ValueError, RuntimeError) as e:  # e.g. every complete trial has the same parameters
+        return _note(f"parameter importances cannot be computed: {e}")
 
 
-def plot_accuracy_params(rows: list[dict[str, Any]], summary: dict[str, Any], config: Config, path: Path) -> None:
-    """Validation accuracy against parameters of the complete trials, the feasible region shaded, the best marked."""
+def plot_accuracy_params(rows: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> Any:
+    """Validation accuracy against parameters of the complete trials, the feasible region shaded, the best marked
+    (Optuna has no plot of the objective against a user attribute)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     complete = [r for r in rows if r["state"] == "COMPLETE"]
@@ -679,7 +648,13 @@ def plot_accuracy_params(rows: list[dict[str, Any]], summary: dict[str, Any], co
     )
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def figures(study: optuna.Study, rows: list[dict[str, Any]], summary: dict[str, Any], config: Config) -> dict:
+    """The study's figures by file name (FIGURES), in memory."""
+    made = (plot_history(study, config), plot_importances(study), plot_accuracy_params(rows, summary, config))
+    return dict(zip(FIGURES, made, strict=True))
 
 
 def write_outputs(study: optuna.Study, config: Config, url: str) -> tuple[dict[str, Any], list[Path]]:
@@ -689,9 +664,8 @@ def write_outputs(study: optuna.Study, config: Config, url: str) -> tuple[dict[s
     rows = [trial_row(t) for t in trials]
     summary = summarize(study, config, url)
     write_csv(out / "trials.csv", rows)
-    plot_history(rows, config, out / FIGURES[0])
-    plot_importances(study, out / FIGURES[1])
-    plot_accuracy_params(rows, summary, config, out / FIGURES[2])
+    for name, fig in figures(study, rows, summary, config).items():
+        _save(fig, out / name)
     write_json(out / "best.json", summary)
     return summary, [out / "best.json", out / "trials.csv", *(out / f for f in FIGURES)]
 
@@ -736,7 +710,7 @@ def search(config: Config) -> dict[str, Any]:
                 lambda trial: run_trial(ctx, trial),
                 n_trials=remaining,
                 catch=CATCH,
-                callbacks=[stop_at(config.search.n_trials), report_trial],
+                callbacks=[trial_budget(config.search.n_trials), report_trial],
                 gc_after_trial=True,
             )
         summary, files = write_outputs(study, config, url)

@@ -34,10 +34,10 @@ from netslim.export import (
     write_onnx,
 )
 from netslim.io import write_json
+from netslim.layout import Layout
 from netslim.measure import model_summary
 from netslim.models import load_model
 from netslim.slimming.surgery import prune
-from netslim.stages.common import Layout
 
 UNPRUNED = "unpruned"
 CPU = torch.device("cpu")  # ONNX Runtime runs on the CPU here, so the eager models it is compared with do too

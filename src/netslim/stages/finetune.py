@@ -10,11 +10,13 @@ import argparse
 from netslim import distributed, tracking
 from netslim.config import BUDGET, Config, parse_ratio, ratio_label
 from netslim.data import load_prepared
-from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
+from netslim.engine import is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, load_checkpoint, write_csv, write_json
+from netslim.layout import Layout
 from netslim.measure import model_summary
 from netslim.models import model_from_checkpoint
-from netslim.stages.common import Layout, fit_settings
+from netslim.steps import RunOptions, fit_settings
+from netslim.steps.finetune import finetune
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,21 +47,22 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     with tracking.stage_run(config, "finetune", f"finetune {percent}", **tags) as run:
         run.source(source, prov)
         source_hash = file_sha256(source)
-        result = fit(
+        tuned = finetune(
             model,
             data,
             settings,
             device,
-            state_path=layout.state("finetune", label),
-            resume=args.resume,
-            fingerprint_extra={"source": source_hash, "data": file_sha256(layout.prepared / "meta.json")},
-            on_epoch=lambda record, _m: run.epoch(record),
-            desc=f"finetune {percent}",
+            {"source": source_hash, "data": file_sha256(layout.prepared / "meta.json")},
+            RunOptions(
+                layout.state("finetune", label),
+                args.resume,
+                lambda record, _m: run.epoch(record),
+                f"finetune {percent}",
+            ),
         )
         if not is_main_process():
             return 0
-        model.load_state_dict(result.best_state)
-        best = result.history[result.best_epoch - 1]
+        result, best = tuned.fit, tuned.best
         summary = model_summary(model)
         metrics = {
             "best_epoch": result.best_epoch,

@@ -7,7 +7,7 @@ import argparse
 from netslim import tracking
 from netslim.config import Config
 from netslim.data import prepare
-from netslim.stages.common import Layout
+from netslim.layout import Layout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

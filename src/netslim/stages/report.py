@@ -19,7 +19,7 @@ import pandas as pd
 from netslim import report, tracking
 from netslim.config import Config, ConfigError, lambda_label, ratio_label
 from netslim.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
-from netslim.stages.common import Layout
+from netslim.layout import Layout
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "test_acc", "sparsity")
 

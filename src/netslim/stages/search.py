@@ -15,7 +15,7 @@ from netslim.search import search, with_overrides
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
-        help="Optuna storage URL shared by all workers, e.g. postgresql://user:pw@host/netslim "
+        help="Optuna storage URL shared by all workers, e.g. postgresql+psycopg://user:pw@host/netslim "
         "(default: search.storage, else sqlite:///<paths.search_reports>/study.db)",
     )
     parser.add_argument(

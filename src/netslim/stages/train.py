@@ -12,11 +12,12 @@ import torch
 from netslim import distributed, tracking
 from netslim.config import Config, lambda_label, parse_lambda
 from netslim.data import load_prepared
-from netslim.engine import fit, is_main_process, resolve_device, set_deterministic
+from netslim.engine import is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, write_csv, write_json
-from netslim.models import build_model, count_params, prunable_batchnorms
-from netslim.slimming.sparsity import init_bn_scale
-from netslim.stages.common import Layout, fit_settings
+from netslim.layout import Layout
+from netslim.models import count_params, prunable_batchnorms
+from netslim.steps import RunOptions, fit_settings
+from netslim.steps.train import sparsity_train
 
 GAMMA_HISTOGRAM_EPOCHS = 4  # γ histograms logged at about this many evenly spaced epochs, plus the last
 
@@ -47,11 +48,6 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     set_deterministic(config.experiment.deterministic)
     device = resolve_device(config.experiment.device)
     data = load_prepared(layout.prepared, config.data.dataset)
-    torch.manual_seed(config.experiment.seed)
-    model = init_bn_scale(
-        build_model(config.model.arch, data.num_classes, width=config.model.width), config.model.bn_init
-    )
-    model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
     settings = fit_settings(config, config.train, lam)
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}
@@ -62,27 +58,21 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             if record["epoch"] % every == 0 or record["epoch"] == settings.epochs:
                 run.gamma_histogram(m, record["epoch"], label)
 
-        result = fit(
-            model,
+        sparse = sparsity_train(
+            config,
             data,
             settings,
             device,
-            state_path=layout.state("train", label),
-            resume=args.resume,
-            fingerprint_extra={
-                "arch": config.model.arch,
-                "width": config.model.width,
-                "data": file_sha256(layout.prepared / "meta.json"),
-            },
-            on_epoch=on_epoch,
-            desc=f"train λ={label}",
+            file_sha256(layout.prepared / "meta.json"),
+            RunOptions(layout.state("train", label), args.resume, on_epoch, f"train λ={label}"),
         )
         if not is_main_process():
             return 0
+        result = sparse.fit
         provenance = {"stage": "train", "lambda": lam, "dataset": config.data.dataset, "epochs": settings.epochs}
         out = layout.sparse_dir(label)
-        run.save_model(out / "last.pt", model, provenance | {"epoch": settings.epochs})
-        model.load_state_dict(result.best_state)
+        run.save_model(out / "last.pt", sparse.model, provenance | {"epoch": settings.epochs})
+        model = sparse.best_model()
         run.save_model(out / "best.pt", model, provenance | {"epoch": result.best_epoch})
         run.model(model, data.test.images[:2], data.mean, data.std)
         reports = layout.train_reports(label)

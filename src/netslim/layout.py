@@ -1,14 +1,15 @@
-"""What the stage CLIs share: every file location (derived from params.yaml's `paths` in one place)
-and the few steps more than one stage takes."""
+"""Every file location of the pipeline, derived from params.yaml's `paths` in one place.
+
+A module of its own (it imports nothing but the config) so that a stage which only needs paths, like
+`prepare` or `report`, does not depend on the training and pruning code in DVC's eyes.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from netslim.config import Config, OptimConfig, PathsConfig, lambda_label, ratio_label
-from netslim.engine import FitSettings
+from netslim.config import PathsConfig, lambda_label, ratio_label
 
 
 @dataclass(frozen=True)
@@ -52,29 +53,6 @@ class Layout:
     def state(self, stage: str, label: str) -> Path:
         return Path(self.paths.state) / f"{stage}-{label}.pt"
 
-
-def fit_settings(
-    config: Config,
-    optim: OptimConfig,
-    sparsity_lambda: float,
-    epochs: int | None = None,
-    lr: float | None = None,
-    divergence_loss: float = math.inf,
-) -> FitSettings:
-    """The trainer's settings for one run from the config's optimiser section and runtime switches."""
-    return FitSettings(
-        epochs=epochs or optim.epochs,
-        batch_size=optim.batch_size,
-        lr=lr or optim.lr,
-        weight_decay=optim.weight_decay,
-        milestones=optim.milestones,
-        lr_gamma=optim.lr_gamma,
-        sparsity_lambda=sparsity_lambda,
-        sparsity_threshold=config.train.sparsity_threshold,
-        seed=config.experiment.seed,
-        amp=config.runtime.amp,
-        channels_last=config.runtime.channels_last,
-        compile=config.runtime.compile,
-        eval_batch_size=config.runtime.eval_batch_size,
-        divergence_loss=divergence_loss,
-    )
+    @property
+    def search_cache(self) -> Path:
+        return Path(self.paths.search_reports) / "cache"

@@ -1,0 +1,184 @@
+"""Pruning: surgery at a global |γ| threshold, the repairs after it, and what the pruned model measures.
+
+A pruned model can be repaired two ways before fine-tuning: bias compensation (surgery folds relu(β) of the
+removed channels into the next layer) and BN recalibration (the running statistics re-estimated on a few
+training batches). `prune.bias_compensation` and `prune.recalibration_batches` choose the repairs of the model
+that is saved and fine-tuned; the prune stage measures all four combinations next to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from netslim.config import BUDGET, Config, PruneConfig
+from netslim.data import PreparedData
+from netslim.engine import evaluate
+from netslim.measure import compare_models
+from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
+from netslim.slimming.surgery import PruneResult, prune
+
+VARIANTS = ("plain", "compensated", "recalibrated", "compensated_recalibrated")
+SPEED_BATCH_SIZES = (1, 64)
+
+
+def variant_name(compensated: bool, recalibrated: bool) -> str:
+    """How a pruned model was repaired after surgery: one of VARIANTS."""
+    return VARIANTS[int(compensated) + 2 * int(recalibrated)]
+
+
+def configured_variant(prune_config: PruneConfig) -> str:
+    """The variant that `prune.bias_compensation` and `prune.recalibration_batches` ask for."""
+    return variant_name(prune_config.bias_compensation, prune_config.recalibration_batches > 0)
+
+
+def pruned_variants(
+    sparse: nn.Module,
+    data: PreparedData,
+    config: Config,
+    device: torch.device,
+    by: dict[str, float | int | None],
+    names: tuple[str, ...] = VARIANTS,
+) -> dict[str, PruneResult]:
+    """The pruned model of `sparse`, repaired each way that `names` lists, on `device`.
+
+    Args:
+        by: how many channels go, as surgery.prune takes it: {"ratio": share of prunable channels} or
+            {"target_params": largest parameter count} (see `prune_by`).
+        names: which of VARIANTS to build. Each surgery runs once and its recalibrated variant is a copy, re-estimated
+            on the same `prune.recalibration_batches` training batches (at least one, so that the comparison exists).
+    """
+    surgeries: dict[bool, PruneResult] = {}
+    variants = {}
+    for name in names:
+        index = VARIANTS.index(name)
+        compensated, recalibrated = bool(index % 2), index >= 2
+        if compensated not in surgeries:
+            surgeries[compensated] = prune(
+                sparse,
+                min_channels=config.prune.min_channels,
+                bias_compensation=compensated,
+                round_to=config.prune.round_to,
+                **by,
+            )
+        result = surgeries[compensated]
+        model = result.model.to(device)
+        if recalibrated:
+            batches = calibration_batches(
+                data.train,
+                data.mean,
+                data.std,
+                max(1, config.prune.recalibration_batches),
+                config.train.batch_size,
+                device,
+                config.experiment.seed,
+            )
+            model = recalibrate_batchnorm(copy.deepcopy(model), batches)
+        variants[name] = dataclasses.replace(result, model=model)
+    return variants
+
+
+def prune_by(sparse: nn.Module, config: Config, target: float | str) -> dict[str, float | int | None]:
+    """A --ratio value as surgery's keyword: a share of channels, or BUDGET for `prune.target_params` (and, with
+    `prune.target_latency_ms`, the smallest ratio whose exported model meets that latency, measured)."""
+    if target != BUDGET:
+        return {"ratio": float(target)}
+    if config.prune.target_latency_ms is not None:
+        from netslim.export import budget_ratio  # ONNX Runtime is loaded only for a latency budget
+
+        return {"ratio": budget_ratio(sparse, config.prune, config.export.threads)}
+    return {"target_params": config.prune.target_params}
+
+
+def prune_configured(
+    sparse: nn.Module, data: PreparedData, config: Config, device: torch.device, ratio: float
+) -> PruneResult:
+    """The pruned model at `ratio`, repaired as `prune` configures (as the prune stage saves it for fine-tuning)."""
+    name = configured_variant(config.prune)
+    return pruned_variants(sparse, data, config, device, {"ratio": ratio}, (name,))[name]
+
+
+@dataclass
+class PruneOutcome:
+    """The prune stage's step: the configured pruned model and what it and the other variants measure.
+
+    Attributes:
+        result: the configured variant (`variant`); its model is the one to save.
+        test_acc: test accuracy before fine-tuning of every variant, by name.
+        unpruned_test_acc, val_acc: the sparse model's test accuracy; the configured variant's validation accuracy
+            (NaN without a validation split).
+        speed: `measure.compare_models` of the sparse against the configured pruned model.
+    """
+
+    result: PruneResult
+    variant: str
+    test_acc: dict[str, float]
+    unpruned_test_acc: float
+    val_acc: float
+    speed: dict[str, Any]
+
+    def metrics(self) -> dict[str, float]:
+        """The flat metrics the prune stage writes to metrics.json and MLflow."""
+        return {
+            "ratio_used": float(self.result.ratio),
+            "threshold": float(self.result.threshold),
+            "test_acc_before_finetune": self.test_acc[self.variant],
+            **{f"test_acc_{name}": value for name, value in self.test_acc.items()},
+            "val_acc_before_finetune": self.val_acc,
+            "unpruned_test_acc": self.unpruned_test_acc,
+        } | speed_metrics(self.speed)
+
+
+def prune_step(
+    sparse: nn.Module, data: PreparedData, config: Config, device: torch.device, target: float | str
+) -> PruneOutcome:
+    """Prune `sparse` four ways, keep the configured one, and measure accuracy, size and speed.
+
+    Throughput is timed by measure.py's one timer, under the `runtime` switches (see `measure.compare_models`).
+    """
+    variants = pruned_variants(sparse, data, config, device, prune_by(sparse, config, target))
+    chosen = configured_variant(config.prune)
+    result = variants[chosen]
+    sparse = sparse.to(device)
+    ev = dict(device=device, batch_size=config.runtime.eval_batch_size, amp=config.runtime.amp)
+    test_acc = {name: evaluate(v.model, data.test, data.mean, data.std, **ev)[1] for name, v in variants.items()}
+    unpruned_acc = evaluate(sparse, data.test, data.mean, data.std, **ev)[1]
+    val_acc = evaluate(result.model, data.val, data.mean, data.std, **ev)[1] if len(data.val) else math.nan
+    speed = compare_models(
+        sparse,
+        result.model,
+        device,
+        batch_sizes=SPEED_BATCH_SIZES,
+        repeats=config.runtime.throughput_repeats,
+        amp=config.runtime.amp,
+        channels_last=config.runtime.channels_last,
+    )
+    return PruneOutcome(result, chosen, test_acc, unpruned_acc, val_acc, speed)
+
+
+def speed_metrics(speed: dict[str, Any]) -> dict[str, float]:
+    """compare_models' nested result as flat metric names: `<what>` of the pruned model, `<what>_unpruned`."""
+    flat = {
+        "num_params": speed["pruned"]["params"],
+        "num_params_unpruned": speed["reference"]["params"],
+        "macs": speed["pruned"]["macs"],
+        "macs_unpruned": speed["reference"]["macs"],
+        "flops": speed["pruned"]["flops"],
+        "flops_unpruned": speed["reference"]["flops"],
+        "params_ratio": speed["params_ratio"],
+        "macs_ratio": speed["macs_ratio"],
+    }
+    for row in speed["throughput"]:
+        b = row["batch_size"]
+        flat |= {
+            f"throughput_b{b}": row["pruned_images_per_s"],
+            f"throughput_b{b}_unpruned": row["reference_images_per_s"],
+            f"speedup_b{b}": row["speedup"],
+        }
+    return flat

@@ -1,0 +1,75 @@
+"""Sparsity training: the unpruned model trained with λ·sign(γ) added to the gradient of every BN γ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from netslim import distributed
+from netslim.config import Config
+from netslim.data import PreparedData
+from netslim.engine import FitResult, FitSettings, fit
+from netslim.models import build_model
+from netslim.slimming.sparsity import init_bn_scale
+from netslim.steps import RunOptions
+
+
+@dataclass
+class SparseResult:
+    """A finished sparsity training.
+
+    Attributes:
+        model: holds the weights of the last epoch; `fit.best_state` those of the best one (by validation accuracy).
+        fit: the trainer's result (history, best epoch and state).
+        fingerprint: identifies what was trained (settings, architecture, data), for caches and resumes.
+    """
+
+    model: nn.Module
+    fit: FitResult
+    fingerprint: str
+
+    def best_model(self) -> nn.Module:
+        """The model with the best epoch's weights loaded (in place)."""
+        self.model.load_state_dict(self.fit.best_state)
+        return self.model
+
+
+def sparse_identity(config: Config, data_hash: str) -> dict[str, Any]:
+    """What besides the trainer's settings decides the trained weights: the architecture and the data."""
+    return {"arch": config.model.arch, "width": config.model.width, "data": data_hash}
+
+
+def sparse_fingerprint(config: Config, settings: FitSettings, data_hash: str) -> str:
+    return settings.fingerprint(sparse_identity(config, data_hash))
+
+
+def sparsity_train(
+    config: Config,
+    data: PreparedData,
+    settings: FitSettings,
+    device: torch.device,
+    data_hash: str,
+    options: RunOptions,
+) -> SparseResult:
+    """Build the unpruned model of `config.model` (seeded, γ initialised to `model.bn_init`) and sparsity-train it.
+
+    Args:
+        settings: from `fit_settings(config, config.train, λ, ...)`; λ is `settings.sparsity_lambda`.
+        data_hash: the prepared data's meta.json hash, part of the fingerprint that guards a resume and caches.
+        options: the training state, resume, per-epoch callback and label (RunOptions).
+
+    Raises:
+        TrainingDiverged: the loss became NaN or exceeded `settings.divergence_loss`.
+    """
+    torch.manual_seed(config.experiment.seed)
+    model = init_bn_scale(
+        build_model(config.model.arch, data.num_classes, width=config.model.width), config.model.bn_init
+    )
+    model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
+    result = fit(
+        model, data, settings, device, fingerprint_extra=sparse_identity(config, data_hash), **options.fit_kwargs()
+    )
+    return SparseResult(model, result, sparse_fingerprint(config, settings, data_hash))
