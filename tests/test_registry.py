@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from conftest import ROOT, tiny_params, write_fashion_mnist, write_params
-from netslim.config import ConfigError, config_from_dict
+from netslim.config import ConfigError, config_from_dict, load_config
 from netslim.data import load_prepared
 from netslim.engine import evaluate
 from netslim.models import ARCHITECTURES, build_model, count_params, load_model, prunable_batchnorms, save_model
@@ -25,6 +25,7 @@ from netslim.models.architecture import Architecture, ConvLink, LinearLink, Link
 from netslim.models.resnet56 import BasicBlock
 from netslim.slimming.surgery import cfg_from_masks, prune, prune_model
 from netslim.slimming.threshold import select_channels
+from netslim.steps.prune import prune_configured
 from test_pipeline import DVC, ran_stages, run
 from test_slimming import images, output, randomised, zero_removed_channels
 
@@ -160,9 +161,11 @@ def test_resnet56_runs_through_dvc_repro_and_its_pruned_models_reload_and_match(
 
     sparse = load_model(repo / "models/sparse/1e-4/best.pt")
     data = load_prepared(repo / "data/prepared")
+    config = load_config(repo / "params.yaml")
     for ratio in ("0.5", "0.9"):
         loaded = load_model(repo / f"models/pruned/{ratio}.pt")
-        again = prune(sparse, ratio=float(ratio), min_channels=2).model  # the prune stage's call, in this process
+        # the prune stage's step (surgery, then the configured repairs), in this process
+        again = prune_configured(sparse, data, config, torch.device("cpu"), float(ratio)).model
         assert (loaded.arch, loaded.cfg) == ("resnet56", again.cfg)
         assert count_params(loaded) < count_params(sparse)
         x = images()
