@@ -176,7 +176,7 @@ def test_ci_report_shows_every_changed_metric_and_param_with_old_new_and_delta(t
 
     old, new = metrics_at(repo, first), metrics_at(repo, second)
     changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
-    for key in ("finetuned_0.9.params", "finetuned_0.9.macs", "pruned_0.9.params"):
+    for key in ("finetuned_0.9.num_params", "finetuned_0.9.macs", "pruned_0.9.num_params"):
         assert ("reports/summary.json", key) in changed, changed
     tables: dict[str, dict[str, list[str]]] = {}
     for path, key in sorted(changed):
