@@ -164,17 +164,19 @@ def _one_epoch(device: torch.device, steps: int, **settings) -> tuple[torch.nn.M
     return model, loss
 
 
-def test_on_the_cpu_amp_and_channels_last_switches_keep_fp32_and_contiguous_inputs():
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_on_the_cpu_amp_keeps_fp32_and_channels_last_decides_the_input_layout(channels_last):
     torch.manual_seed(0)
     model = build_model("resnet50", 4, width=0.0625)
     dtypes = _conv_output_dtypes(model)
     inputs: list[torch.Tensor] = []
     model.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
-    s = FitSettings(epochs=1, batch_size=16, lr=1e-3, amp=True, channels_last=True)
+    s = FitSettings(epochs=1, batch_size=16, lr=1e-3, amp=True, channels_last=channels_last)
     data = synthetic_data(32, 4, seed=0)
     train_one_epoch(model, make_optimizer(model, s)[0], data.train, data.mean, data.std, s, CPU, epoch_generator(0, 1))
-    assert dtypes and set(dtypes) == {torch.float32}
-    assert len(inputs) == 2 and all(x.is_contiguous() for x in inputs)
+    assert dtypes and set(dtypes) == {torch.float32}  # bf16 autocast is CUDA-only
+    nhwc = [x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() for x in inputs]
+    assert len(inputs) == 2 and nhwc == [channels_last] * 2
 
 
 def _cuda() -> torch.device:

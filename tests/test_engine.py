@@ -2,7 +2,8 @@
 
 import torch
 
-from netslim.engine import FitSettings, evaluate, fit
+from netslim.data import normalize
+from netslim.engine import FitSettings, epoch_generator, evaluate, fit, make_optimizer, train_one_epoch
 from netslim.models import build_model, prunable_batchnorms
 
 CPU = torch.device("cpu")
@@ -37,6 +38,23 @@ def test_one_epoch_on_easy_data_beats_chance(tiny_data):
     assert set(result.history[0]) == COLUMNS
     _, acc = evaluate(model, tiny_data.test, tiny_data.mean, tiny_data.std, CPU)
     assert acc > 0.5  # 4 classes: chance is 0.25
+
+
+def _first_batch(tiny_data, augment: bool) -> torch.Tensor:
+    model = _small_vgg()
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    s = FitSettings(epochs=1, batch_size=len(tiny_data.train), lr=1e-3, augment=augment)
+    train = tiny_data.train
+    train_one_epoch(model, make_optimizer(model, s)[0], train, tiny_data.mean, tiny_data.std, s, CPU, epoch_generator(0, 1))
+    return seen[0]
+
+
+def test_without_augmentation_the_model_sees_the_shuffled_images_unchanged(tiny_data):
+    order = torch.randperm(len(tiny_data.train), generator=epoch_generator(0, 1))  # the epoch's own permutation
+    plain = normalize(tiny_data.train.images[order], tiny_data.mean, tiny_data.std)
+    assert torch.equal(_first_batch(tiny_data, augment=False), plain)
+    assert not torch.equal(_first_batch(tiny_data, augment=True), plain)  # cropped and flipped
 
 
 def test_lr_drops_at_the_milestones(tiny_data):

@@ -42,7 +42,7 @@ from netslim.data import PreparedData, Split, normalize
 from netslim.engine import FitSettings, epoch_generator, make_optimizer, resolve_device, train_one_epoch
 from netslim.io import atomic_write_text, write_json
 from netslim.measure import count_macs, forward_runner, interleaved_seconds, synchronizer
-from netslim.models import ARCHITECTURES, build_model, prunable_batchnorms
+from netslim.models import ARCHITECTURES, build_model, memory_format, prunable_batchnorms
 from netslim.slimming.sparsity import add_l1_subgradient
 from netslim.slimming.surgery import prune
 
@@ -216,10 +216,6 @@ def _fit_settings(s: BenchSettings, config: Config) -> FitSettings:
     )
 
 
-def _memory_format(device: torch.device, fs: FitSettings) -> torch.memory_format:
-    return torch.channels_last if fs.channels_last and device.type == "cuda" else torch.contiguous_format
-
-
 @contextmanager
 def local_tracking(folder: Path) -> Iterator[str]:
     """MLFLOW_TRACKING_URI pointed at a fresh SQLite file in `folder` while the block runs."""
@@ -240,7 +236,7 @@ def measure_epochs(s: BenchSettings, config: Config, data: PreparedData, device:
     from netslim import tracking
 
     fs = _fit_settings(s, config)
-    fmt = _memory_format(device, fs)
+    fmt = memory_format(fs.channels_last)
     models = {name: _model(s, device, fmt) for name in ("netslim", "seed_style", "netslim_tracked")}
     optimizers = {name: make_optimizer(m, fs)[0] for name, m in models.items()}
     train = data.train.to(device)
@@ -305,7 +301,7 @@ def measure_epochs(s: BenchSettings, config: Config, data: PreparedData, device:
 def measure_step(s: BenchSettings, config: Config, device: torch.device) -> dict:
     """Figure 2: time of STEPS_PER_SAMPLE trainer steps vs as many bare steps on a batch already in place."""
     fs = _fit_settings(s, config)
-    fmt = _memory_format(device, fs)
+    fmt = memory_format(fs.channels_last)
     small = synthetic_data(STEPS_PER_SAMPLE * s.batch_size, s.num_classes, s.seed + 1)
     trainer_model, bare_model = _model(s, device, fmt), _model(s, device, fmt)
     trainer_opt, bare_opt = make_optimizer(trainer_model, fs)[0], make_optimizer(bare_model, fs)[0]
@@ -509,8 +505,8 @@ def render_markdown(result: dict) -> str:
     if m["device"] == "cpu":
         lines += [
             "",
-            "No GPU was used: bf16 autocast and channels_last are CUDA-only and are not part of these figures; "
-            "run `netslim bench` on a CUDA machine for them.",
+            "No GPU was used: bf16 autocast is CUDA-only and is not part of these figures; "
+            "run `netslim bench` on a CUDA machine for it.",
         ]
     lines += ["", "All samples, medians and settings: `benchmarks.json`.", ""]
     return "\n".join(lines)

@@ -40,7 +40,7 @@ from netslim.config import ConfigError
 from netslim.data import PreparedData, Split, normalize, random_crop_flip
 from netslim.distributed import local_rank
 from netslim.io import CheckpointError, load_checkpoint, save_torch
-from netslim.models import unwrap
+from netslim.models import memory_format, unwrap
 from netslim.slimming.sparsity import add_l1_subgradient, sparsity
 
 
@@ -62,11 +62,12 @@ class FitSettings:
     weight_decay: float = 0.0
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `epochs`
     lr_gamma: float = 0.1
+    augment: bool = True  # random crop and flip of every training batch
     sparsity_lambda: float = 0.0  # λ of the L1 penalty on BN γ; 0 = plain training
     sparsity_threshold: float = 1e-2
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC memory layout, on the CPU and CUDA
     compile: bool = False
     eval_batch_size: int = 1024
     divergence_loss: float = math.inf
@@ -143,10 +144,6 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
-def _memory_format(device: torch.device, channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -167,7 +164,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    fmt = _memory_format(device, channels_last)
+    fmt = memory_format(channels_last)
     rank, world_size = world() if distributed else (0, 1)
     lo, hi = len(split) * rank // world_size, len(split) * (rank + 1) // world_size
     sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, correct count
@@ -220,7 +217,7 @@ def train_one_epoch(
     """One pass over this rank's shard; returns (mean loss, accuracy) over all ranks."""
     rank, world_size = world()
     model.train()
-    fmt = _memory_format(device, s.channels_last)
+    fmt = memory_format(s.channels_last)
     order = torch.randperm(len(split), generator=generator)
     if world_size > 1:
         # Every rank draws the same permutation and takes its own contiguous shard of equal length;
@@ -238,7 +235,10 @@ def train_one_epoch(
         idx = order[step * s.batch_size : (step + 1) * s.batch_size]
         x_u8 = split.images[idx]
         y = split.labels[idx.to(split.labels.device)].to(device, non_blocking=True)
-        x = normalize(random_crop_flip(x_u8.to(device, non_blocking=True), generator), mean, std)
+        x_u8 = x_u8.to(device, non_blocking=True)
+        if s.augment:
+            x_u8 = random_crop_flip(x_u8, generator)
+        x = normalize(x_u8, mean, std)
         x = x.contiguous(memory_format=fmt)
         with _autocast(device, s.amp):
             logits = model(x)
@@ -334,7 +334,7 @@ def fit(
     """
     rank, world_size = world()
     model.to(device)
-    model.to(memory_format=_memory_format(device, s.channels_last))
+    model.to(memory_format=memory_format(s.channels_last))
     data = data.to(device)
     optimizer, scheduler = make_optimizer(model, s)
     history: list[dict[str, float]] = []

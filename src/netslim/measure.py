@@ -8,8 +8,8 @@ One timing policy for every speed figure (prune's speedups, which the report sho
 - one timer, `interleaved_seconds`, which times any callables (an eager model, an ONNX Runtime session) in turn, so
   that a busy, shared machine slows every side alike;
 - the median of the timed samples, not their mean: one sample slowed by another process does not move it;
-- eager models run as evaluation runs them (`engine.evaluate`): bf16 autocast and channels_last on CUDA when the
-  `runtime.amp` / `runtime.channels_last` switches are on, fp32 and contiguous on the CPU.
+- eager models run as evaluation runs them (`engine.evaluate`): channels_last when `runtime.channels_last` is on
+  (CPU and CUDA), bf16 autocast on CUDA when `runtime.amp` is on, fp32 on the CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import thop
 import torch
 from torch import nn
 
-from netslim.models import count_params, prunable_batchnorms, unwrap
+from netslim.models import count_params, memory_format, prunable_batchnorms, unwrap
 
 IMAGE_SHAPE = (3, 32, 32)
 
@@ -155,10 +155,10 @@ def forward_runner(
     """A zero-argument callable for the timer: `calls` forward passes of `model` on one random batch.
 
     The model is moved to `device` and put in eval mode in place (the caller restores its mode); on CUDA it runs
-    in channels_last and under bf16 autocast when asked, as `engine.evaluate` runs it; on the CPU both are off.
+    in channels_last when asked and, on CUDA, under bf16 autocast when asked, as `engine.evaluate` runs it.
     """
     cuda = device.type == "cuda"
-    fmt = torch.channels_last if channels_last and cuda else torch.contiguous_format
+    fmt = memory_format(channels_last)
     model.to(device).to(memory_format=fmt).eval()
     x = torch.randn(batch_size, *image_shape, device=device, dtype=_first_tensor(model).dtype)
     x = x.contiguous(memory_format=fmt)
