@@ -12,6 +12,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # uv installs the ~6 GB of wheels (torch's CUDA build and its libraries) in about 30 s where pip takes about
 # 3 minutes on 2 cores. uv reads no pip configuration, so pip's own (indexes, find-links, constraints, as
 # `pip config list` shows them) is handed to it; where uv cannot be installed, pip does the work.
+# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, no .pyc would ever be written and every
+# stage would compile torch and mlflow again on import (measured here: 23 s instead of 6 s per stage).
 # postgres extra: the multi-worker search test runs on a real server.
 PIP_SETTINGS_FOR_UV = $(BIN)/pip config list | \
   sed -n "s/^[^.]*\.\(index-url\|extra-index-url\|find-links\|constraint\)='\(.*\)'$$/\1 \2/p" | \
@@ -19,7 +21,7 @@ PIP_SETTINGS_FOR_UV = $(BIN)/pip config list | \
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	if $(BIN)/pip install -q uv; then \
-	  $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
+	  $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match --compile-bytecode \
 	    $$($(PIP_SETTINGS_FOR_UV)) -e '.[dev,postgres]'; \
 	else \
 	  $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[dev,postgres]'; \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -118,14 +119,10 @@ def test_push_then_pull_restores_identical_checkpoints(project):
     assert {p: sha(p) for p in checkpoints} == before
 
 
-@pytest.mark.skip(
-    reason="fails inside the shared module fixture after the other pipeline tests changed its workspace (not yet "
-    "diagnosed); `make demo` leaving params.yaml byte-identical was checked by hand on fresh clones"
-)
 def test_the_demo_runs_as_an_experiment_and_leaves_params_yaml_byte_identical(project):
     """`make demo` = `python -m netslim.demo`: a DVC experiment with the profile's overrides; params.yaml stays."""
     (project / "profiles").mkdir(exist_ok=True)
-    (project / "profiles" / "demo.yaml").write_text("finetune.lr: 2.0e-3  # only fine-tuning and the report rerun\n")
+    (project / "profiles" / "demo.yaml").write_text("finetune.lr: 2.0e-3  # only fine-tuning and what follows it rerun\n")
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "demo profile"], project)
     before = (project / "params.yaml").read_bytes()
@@ -134,8 +131,9 @@ def test_the_demo_runs_as_an_experiment_and_leaves_params_yaml_byte_identical(pr
 
     assert (project / "params.yaml").read_bytes() == before
     stages = ran_stages(output)
-    assert stages and all(s.startswith("finetune") or s == "report" for s in stages), stages
+    assert stages and all(s.startswith("finetune") or s in {"export", "report"} for s in stages), stages  # downstream
     assert "pruned 90% + fine-tuned" in output  # the comparison table is printed
     assert run([DVC, "exp", "list", "--name-only"], project).split(), "dvc exp show lists the demo"
     # the workspace outputs are the demo's, and DVC says they were made with other params than params.yaml's
-    assert "finetune.lr" in run([DVC, "status"], project)
+    # (dvc.yaml declares the whole finetune section, so DVC names the section: "modified: finetune")
+    assert re.search(r"modified:\s+finetune\b", run([DVC, "status"], project))

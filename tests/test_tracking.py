@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from torch import nn
 
 from conftest import ROOT, tiny_params, write_fashion_mnist, write_params
 from netslim import tracking
-from netslim.config import config_from_dict, load_config
+from netslim.config import ConstraintsConfig, FinetuneConfig, config_from_dict, load_config
 from netslim.io import file_sha256
 
 BIN = Path(sys.executable).parent
@@ -693,7 +693,6 @@ def test_make_ui_prints_the_link_for_the_store_and_port_it_serves():
     assert "-m netslim.tracking" in lines[order[0]]  # the link comes before the server blocks the terminal
 
 
-@pytest.mark.skip(reason="its expected param sets predate the new prune/export keys merged this session; to update")
 def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow, tmp_path):
     """The same paths as the CLI stages, against the SQLite store: dvc.yaml's params, the prepared splits as
     inputs, and a checkpoint's run id leading the next run back to it."""
@@ -723,14 +722,11 @@ def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow
     checkpoint_hash = client.get_run(prune.run_id).data.tags["checkpoint_sha256/pruned.pt"]
     assert tags["source_sha256"] == checkpoint_hash == file_sha256(tmp_path / "pruned.pt")
     run = client.get_run(finetune.run_id)
-    assert set(run.data.params) == {f"finetune.{k}" for k in ("epochs", "batch_size", "lr", "weight_decay")} | {
-        "finetune.milestones",
-        "finetune.lr_gamma",
-        "experiment.seed",
-        "experiment.deterministic",
-        "constraints.min_accuracy",
-        "constraints.max_params",
-    }
+    # dvc.yaml's finetune params: whole sections (every key of their config class) and single keys.
+    sections = {"finetune": FinetuneConfig, "constraints": ConstraintsConfig}
+    whole = {f"{name}.{f.name}" for name, cls in sections.items() for f in fields(cls)}
+    single = {"experiment.seed", "experiment.deterministic", "data.dataset", "train.sparsity_threshold"}
+    assert set(run.data.params) == whole | single
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert {split: json.loads(d.profile)["num_images"] for split, d in inputs.items()} == sizes
     assert {d.name for d in inputs.values()} == {"fashion-mnist"}
