@@ -45,8 +45,8 @@ def _first_batch(tiny_data, augment: bool) -> torch.Tensor:
     seen: list[torch.Tensor] = []
     model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
     s = FitSettings(epochs=1, batch_size=len(tiny_data.train), lr=1e-3, augment=augment)
-    train = tiny_data.train
-    train_one_epoch(model, make_optimizer(model, s)[0], train, tiny_data.mean, tiny_data.std, s, CPU, epoch_generator(0, 1))
+    optimizer = make_optimizer(model, s)[0]
+    train_one_epoch(model, optimizer, tiny_data.train, tiny_data.mean, tiny_data.std, s, CPU, epoch_generator(0, 1))
     return seen[0]
 
 

@@ -122,7 +122,8 @@ def test_push_then_pull_restores_identical_checkpoints(project):
 def test_the_demo_runs_as_an_experiment_and_leaves_params_yaml_byte_identical(project):
     """`make demo` = `python -m netslim.demo`: a DVC experiment with the profile's overrides; params.yaml stays."""
     (project / "profiles").mkdir(exist_ok=True)
-    (project / "profiles" / "demo.yaml").write_text("finetune.lr: 2.0e-3  # only fine-tuning and what follows it rerun\n")
+    profile = "finetune.lr: 2.0e-3  # only fine-tuning and what follows it rerun\n"
+    (project / "profiles" / "demo.yaml").write_text(profile)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "demo profile"], project)
     before = (project / "params.yaml").read_bytes()

@@ -154,8 +154,8 @@ def forward_runner(
 ) -> Callable[[], None]:
     """A zero-argument callable for the timer: `calls` forward passes of `model` on one random batch.
 
-    The model is moved to `device` and put in eval mode in place (the caller restores its mode); on CUDA it runs
-    in channels_last when asked and, on CUDA, under bf16 autocast when asked, as `engine.evaluate` runs it.
+    The model is moved to `device` and put in eval mode in place (the caller restores its mode); it runs in
+    channels_last when asked and, on CUDA, under bf16 autocast when asked, as `engine.evaluate` runs it.
     """
     cuda = device.type == "cuda"
     fmt = memory_format(channels_last)
@@ -215,7 +215,7 @@ def throughput(
         model: moved to `device` in place (as Module.to does); its train/eval mode is restored afterwards.
         batch_size: images per timed forward pass.
         repeats: timed passes; warmup: untimed passes first (allocator, cuDNN autotuning).
-        amp, channels_last: bf16 autocast and channels_last on CUDA (`runtime.amp`, `runtime.channels_last`).
+        amp, channels_last: bf16 autocast on CUDA (`runtime.amp`), NHWC on any device (`runtime.channels_last`).
     """
     return _timed_throughputs([model], device, batch_size, repeats, warmup, image_shape, amp, channels_last)[0]
 
@@ -237,7 +237,7 @@ def compare_models(
     Args:
         reference, pruned: the models (moved to `device` in place; modes restored).
         batch_sizes: one interleaved throughput measurement of both models per batch size.
-        amp, channels_last: bf16 autocast and channels_last on CUDA (`runtime.amp`, `runtime.channels_last`).
+        amp, channels_last: bf16 autocast on CUDA (`runtime.amp`), NHWC on any device (`runtime.channels_last`).
 
     `speedup` is the measured pruned/reference throughput; `macs_ratio` (reference MACs / pruned MACs) is the
     speedup the MACs alone promise, so the two can be compared directly.
