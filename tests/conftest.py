@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -30,6 +32,25 @@ def committed_text(relative: str) -> str:
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return (ROOT / relative).read_text()
+
+
+def run_process(
+    cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) in a process group of its own, killed whole when the
+    test ends first (pytest-timeout, a timeout here, Ctrl-C). subprocess.run kills only its child: `dvc repro`
+    runs each stage as a grandchild, which would go on training and hold a core for the tests after it."""
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
 def committed_params(folder: Path) -> Path:

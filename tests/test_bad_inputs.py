@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import tiny_params, write_fashion_mnist, write_idx_labels, write_params
+from conftest import run_process, tiny_params, write_fashion_mnist, write_idx_labels, write_params
 
 pytestmark = pytest.mark.slow  # every case starts a real CLI process
 
@@ -32,9 +32,7 @@ FMNIST = Path("fmnist")  # relative in params.yaml, so each copied project reads
 
 def run_cli(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """The real command line, run in `project` (every path in params.yaml is relative to it)."""
-    return subprocess.run(
-        [sys.executable, "-m", "netslim.cli", *args], cwd=project, capture_output=True, text=True, timeout=timeout
-    )
+    return run_process([sys.executable, "-m", "netslim.cli", *args], cwd=project, timeout=timeout)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

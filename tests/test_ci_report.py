@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, committed_params, tiny_params, write_fashion_mnist, write_params
+from conftest import ROOT, committed_params, run_process, tiny_params, write_fashion_mnist, write_params
 from netslim import cli
 from netslim.ci_report import MARKER, Diff, render
 
@@ -26,7 +26,7 @@ WORKFLOW = ROOT / ".github" / "workflows" / "pr-metrics.yml"
 def sh(cmd: list[str], cwd: Path) -> str:
     """Runs a command with the venv's scripts on PATH (dvc.yaml's stages call `netslim`)."""
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    result = run_process(cmd, cwd=cwd, env=env)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 

@@ -110,3 +110,12 @@ def _train_epochs_then_stop(model, data, settings, state, stop_after):
         fit(model, data, settings, CPU, state_path=state, on_epoch=on_epoch)
     except _Stop:
         pass
+
+
+def test_set_deterministic_switches_deterministic_kernels_on_and_off_again() -> None:
+    from netslim.engine import set_deterministic
+
+    set_deterministic(True)
+    assert torch.are_deterministic_algorithms_enabled()
+    set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -6,21 +6,20 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params, write_params
+from conftest import ROOT, run_process, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    result = run_process(cmd, cwd=cwd)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 

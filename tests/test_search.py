@@ -23,7 +23,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import ROOT, committed_params, tiny_params, write_fashion_mnist, write_params
+from conftest import ROOT, committed_params, run_process, tiny_params, write_fashion_mnist, write_params
 from netslim.cli import main
 from netslim.config import load_config
 from netslim.search import (
@@ -284,7 +284,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, fmnist_dir, mo
 
 
 def run(cmd: list[str], cwd: Path, **kwargs) -> str:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env=worker_env(), **kwargs)
+    result = run_process(cmd, cwd=cwd, env=worker_env(), **kwargs)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 

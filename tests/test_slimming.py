@@ -223,6 +223,21 @@ def test_extreme_ratio_empties_no_layer(arch: str, width: float, min_channels: i
 
 
 @pytest.mark.parametrize(("arch", "width"), NARROW)
+def test_channels_removed_is_the_share_actually_gone_below_the_ratio_when_min_channels_keeps_more(
+    arch: str, width: float
+) -> None:
+    model = randomised(arch, width)
+    total = sum(bn.num_features for bn in prunable_batchnorms(model).values())
+    plain = prune(model, ratio=0.5, min_channels=1)
+    assert plain.channels_removed == pytest.approx(1 - sum(int(m.sum()) for m in plain.masks.values()) / total)
+    assert plain.channels_removed == pytest.approx(0.5, abs=2 / total)  # the strict > also drops the threshold channel
+    floored = prune(model, ratio=0.95, min_channels=6)
+    kept = sum(bn.num_features for bn in prunable_batchnorms(floored.model).values())
+    assert floored.channels_removed == pytest.approx(1 - kept / total)
+    assert floored.channels_removed < 0.95 and floored.ratio == 0.95
+
+
+@pytest.mark.parametrize(("arch", "width"), NARROW)
 def test_cfg_from_masks_matches_the_rebuilt_model(arch: str, width: float) -> None:
     model = randomised(arch, width)
     masks, _ = select_channels(model, 0.6, 2)

@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import ROOT, tiny_params, write_fashion_mnist, write_params
+from conftest import ROOT, run_process, tiny_params, write_fashion_mnist, write_params
 from netslim import tracking
 from netslim.config import ConstraintsConfig, FinetuneConfig, config_from_dict, load_config
 from netslim.io import file_sha256
@@ -101,9 +101,7 @@ def mlflow_server(folder: Path) -> Iterator[Server]:
 
 
 def netslim(args: list[str], cwd: Path, env: dict[str, str], expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(BIN / "netslim"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
+    result = run_process([str(BIN / "netslim"), *args], cwd=cwd, env=env, timeout=600)
     assert result.returncode == expect, f"netslim {' '.join(args)} -> {result.returncode}:\n{result.stderr[-4000:]}"
     return result
 
@@ -593,7 +591,7 @@ def test_stages_of_one_dvc_repro_share_a_pipeline_id(tmp_path):
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, env=env, check=True)
     ids = []
     for extra in ([], ["--force"]):
-        result = subprocess.run([*dvc, "repro", *extra], cwd=tmp_path, env=env, capture_output=True, text=True)
+        result = run_process([*dvc, "repro", *extra], cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
         ids.append({(tmp_path / f"{s}.txt").read_text().strip() for s in stages})
     first, second = ids

@@ -89,8 +89,9 @@ def meets_constraints(constraints: ConstraintsConfig, test_acc: float | None, pa
     return constraints.met_by(test_acc, params)
 
 
-def fmt_acc(value: float | None) -> str:
-    return NA if value is None else f"{value * 100:.2f}%"
+def fmt_pct(value: float | None, digits: int = 2) -> str:
+    """A share as a percentage: two decimals in tables, one (digits=1) in the running text under the figures."""
+    return NA if value is None else f"{value * 100:.{digits}f}%"
 
 
 def fmt_int(value: float | None) -> str:
@@ -438,7 +439,7 @@ def _comparison(rows: list[dict[str, Any]]) -> str:
     cells = [
         [
             r["model"],
-            fmt_acc(r["test_acc"]),
+            fmt_pct(r["test_acc"]),
             fmt_int(r["num_params"]),
             fmt_millions(r["macs"]),
             fmt_millions(r["flops"]),
@@ -452,18 +453,19 @@ def _comparison(rows: list[dict[str, Any]]) -> str:
 
 
 def _pruning(prune_metrics: Mapping[str, Mapping[str, Any]], saved: str) -> str:
-    header = ["pruned model", "ratio used", "γ threshold", "sparse model", *REPAIRS.values()]
+    header = ["pruned model", "ratio used", "channels removed", "γ threshold", "sparse model", *REPAIRS.values()]
     cells = []
     for label, m in prune_metrics.items():
         threshold = number(m, "threshold")
         ratio = number(m, "ratio_used")
-        repairs = [fmt_acc(number(m, f"test_acc_{key}")) for key in REPAIRS]
+        repairs = [fmt_pct(number(m, f"test_acc_{key}")) for key in REPAIRS]
         cells.append(
             [
                 model_name(label, finetuned=False),
                 NA if ratio is None else f"{ratio:.4f}",
+                fmt_pct(number(m, "channels_removed")),
                 NA if threshold is None else f"{threshold:.4g}",
-                fmt_acc(number(m, "unpruned_test_acc")),
+                fmt_pct(number(m, "unpruned_test_acc")),
                 *(f"**{v}**" if key == saved else v for key, v in zip(REPAIRS, repairs, strict=True)),
             ]
         )
@@ -512,7 +514,7 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
             + speedups
             + shares
             + eager
-            + [fmt_acc(number(m, "onnx_test_acc")), NA if difference is None else f"{difference:.1e}"]
+            + [fmt_pct(number(m, "onnx_test_acc")), NA if difference is None else f"{difference:.1e}"]
         )
     threads, opset = export_metrics.get("threads", NA), export_metrics.get("opset", NA)
     parts = [
@@ -533,7 +535,7 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
                 fmt_int(number(m, "round_to")),
                 fmt_int(number(m, "params")),
                 fmt_millions(number(m, "macs")),
-                fmt_acc(number(m, "test_acc")),
+                fmt_pct(number(m, "test_acc")),
             ]
             + [fmt_ratio(number(m, f"speedup_b{b}")) for b in batches]
             for name, m in rows.items()
@@ -556,14 +558,14 @@ def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> lis
             continue
         misses = []
         if r["test_acc"] < constraints.min_accuracy:
-            misses.append(f"accuracy {fmt_acc(r['test_acc'])} < {fmt_acc(constraints.min_accuracy)}")
+            misses.append(f"accuracy {fmt_pct(r['test_acc'])} < {fmt_pct(constraints.min_accuracy)}")
         if r["num_params"] > constraints.max_params:
             misses.append(f"params {fmt_int(r['num_params'])} > {fmt_int(constraints.max_params)}")
         lines.append(f"- {r['model']}: " + ("**meets** both" if not misses else "misses: " + "; ".join(misses)))
     feasible = [r for r in rows if r["meets_constraints"] and r["stage"] == "finetune"]
     if feasible:
         best = max(feasible, key=lambda r: r["test_acc"])
-        lines.append(f"\nBest feasible model: **{best['model']}** ({fmt_acc(best['test_acc'])}).")
+        lines.append(f"\nBest feasible model: **{best['model']}** ({fmt_pct(best['test_acc'])}).")
     else:
         lines.append("\nNo fine-tuned model meets both constraints.")
     return lines
@@ -573,10 +575,6 @@ def saved_repair(config: Config) -> str:
     """The REPAIRS key of the pruned model the prune stage saves (and fine-tuning starts from)."""
     compensated, recalibrated = config.prune.bias_compensation, config.prune.recalibration_batches > 0
     return list(REPAIRS)[int(compensated) + 2 * int(recalibrated)]
-
-
-def _pct(value: float | None) -> str:
-    return NA if value is None else f"{value * 100:.1f}%"
 
 
 def _points(a: float | None, b: float | None) -> str:
@@ -617,9 +615,9 @@ def pruning_text(inputs: ReportInputs) -> str:
             continue
         best = max(known, key=known.get)
         lines.append(
-            f"- {model_name(label, finetuned=False)}: the sparse model scores {_pct(sparse)}; plain surgery "
-            f"{_pct(values['plain'])} ({_points(values['plain'], sparse)}), best with {REPAIRS[best]} at "
-            f"{_pct(known[best])} ({_points(known[best], sparse)})."
+            f"- {model_name(label, finetuned=False)}: the sparse model scores {fmt_pct(sparse, 1)}; plain surgery "
+            f"{fmt_pct(values['plain'], 1)} ({_points(values['plain'], sparse)}), best with {REPAIRS[best]} at "
+            f"{fmt_pct(known[best], 1)} ({_points(known[best], sparse)})."
         )
     return "\n".join(lines)
 
@@ -635,12 +633,13 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
     if len(h) and best is not None:
         at_best = h.loc[h["epoch"] == int(best), "test_acc"]
         text += (
-            f" Test accuracy went from {_pct(float(h['test_acc'].iloc[0]))} after epoch 1 to "
-            f"{_pct(float(at_best.iloc[0]) if len(at_best) else None)} at the best validation epoch "
+            f" Test accuracy went from {fmt_pct(float(h['test_acc'].iloc[0]), 1)} after epoch 1 to "
+            f"{fmt_pct(float(at_best.iloc[0]) if len(at_best) else None, 1)} at the best validation epoch "
             f"({int(best)} of {len(h)})"
         )
         if BASELINE in rows:
-            text += f"; the same network trained without the penalty (λ = 0) reached {_pct(rows[BASELINE]['test_acc'])}"
+            baseline = fmt_pct(rows[BASELINE]["test_acc"], 1)
+            text += f"; the same network trained without the penalty (λ = 0) reached {baseline}"
         text += "."
     texts["sparsity_training_accuracy.png"] = text
 
@@ -657,7 +656,7 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         f"Share of prunable channels with |γ| < {config.train.sparsity_threshold:g} and training accuracy per epoch. "
         "At the last epoch: "
         + "; ".join(
-            f"λ = {k}: {r['sparsity']:.0%} sparse at {_pct(float(r['train_acc']))} training accuracy"
+            f"λ = {k}: {r['sparsity']:.0%} sparse at {fmt_pct(float(r['train_acc']), 1)} training accuracy"
             for k, r in last.items()
         )
         + "."
@@ -685,8 +684,8 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         before = number(inputs.prune_metrics.get(label, {}), "test_acc_before_finetune")
         after = number(inputs.finetune_metrics.get(label, {}), "test_acc")
         parts.append(
-            f"{model_name(label, finetuned=False)}: {_pct(before)} right after pruning, {_pct(after)} after "
-            f"{len(fh)} fine-tuning epochs"
+            f"{model_name(label, finetuned=False)}: {fmt_pct(before, 1)} right after pruning, "
+            f"{fmt_pct(after, 1)} after {len(fh)} fine-tuning epochs"
         )
     texts["finetune_accuracy.png"] = (
         "Fine-tuning accuracy per epoch, from the pruned model's accuracy (×, epoch 0), with the accuracy "
@@ -698,7 +697,7 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
     for label, m in inputs.prune_metrics.items():
         tuned = rows.get(f"finetuned_{label}", {})
         parts.append(
-            f"{model_name(label, finetuned=True)}: {_pct(tuned.get('test_acc'))} "
+            f"{model_name(label, finetuned=True)}: {fmt_pct(tuned.get('test_acc'), 1)} "
             f"({_points(tuned.get('test_acc'), reference.get('test_acc'))} against "
             f"{reference.get('model', 'unpruned')}) "
             f"with {fmt_ratio(number(m, 'params_ratio'))} fewer parameters and {fmt_ratio(number(m, 'macs_ratio'))} "
@@ -736,7 +735,7 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         _speed(inputs.prune_metrics),
         *export_markdown(inputs.export_metrics, inputs.export_widths),
         "## Constraints",
-        f"Test accuracy ≥ {fmt_acc(c.min_accuracy)} and at most {fmt_int(c.max_params)} parameters.",
+        f"Test accuracy ≥ {fmt_pct(c.min_accuracy)} and at most {fmt_int(c.max_params)} parameters.",
         "\n".join(_verdicts(list(rows.values()), c)),
         "## Figures",
     ]

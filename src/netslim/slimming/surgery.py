@@ -236,6 +236,12 @@ class PruneResult:
     params_before: int
     params_after: int
 
+    @property
+    def channels_removed(self) -> float:
+        """The share of prunable channels actually removed: `ratio` less what `min_channels` and `round_to` kept."""
+        kept = sum(int(mask.sum()) for mask in self.masks.values())
+        return 1 - kept / sum(mask.numel() for mask in self.masks.values())
+
 
 def prune(
     model: nn.Module,

@@ -135,7 +135,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         reference = exported[UNPRUNED][1]
         for name, (_, deployable) in exported.items():
             if name != UNPRUNED:
-                rows = speed_rows(reference, deployable, threads, e.batch_sizes, e.repeats)
+                rows = speed_rows(
+                    reference, deployable, threads, e.batch_sizes, e.repeats, channels_last=config.runtime.channels_last
+                )
                 metrics[name] |= _ratios(metrics[UNPRUNED], metrics[name]) | _flat(rows)
         widths = compare_widths(models[UNPRUNED], data, config, reference, threads) if e.compare_round_to else {}
         for name, (proto, _) in exported.items():

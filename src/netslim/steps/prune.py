@@ -127,6 +127,7 @@ class PruneOutcome:
         """The flat metrics the prune stage writes to metrics.json and MLflow."""
         return {
             "ratio_used": float(self.result.ratio),
+            "channels_removed": self.result.channels_removed,
             "threshold": float(self.result.threshold),
             "test_acc_before_finetune": self.test_acc[self.variant],
             **{f"test_acc_{name}": value for name, value in self.test_acc.items()},
