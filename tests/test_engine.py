@@ -1,5 +1,6 @@
 """The trainer: learns, records every epoch, keeps the best state, and resumes exactly."""
 
+import pytest
 import torch
 
 from netslim.data import normalize
@@ -62,6 +63,7 @@ def test_lr_drops_at_the_milestones(tiny_data):
     assert [round(r["lr"], 8) for r in result.history] == [1e-3, 1e-3, 1e-4, 1e-5]
 
 
+@pytest.mark.slow  # 2 × 600 training steps
 def test_l1_penalty_leaves_more_small_gammas_than_none(tiny_data):
     # Adam divides each step by the gradient's running RMS, so λ=1e-4 only shows once the loss
     # gradient on γ has faded: the run goes on well after the easy data is fit (about 600 steps).

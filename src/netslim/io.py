@@ -15,12 +15,11 @@ import json
 import os
 import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -63,7 +62,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
@@ -83,6 +83,8 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch  # here, not at the top: `make demo` and the small CLIs import this module without needing torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -101,6 +103,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     weights_only=True restricts unpickling to tensors and plain containers, so a file crafted to run
     code when unpickled is refused before any of its code runs.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; run the stage that writes it (e.g. `dvc repro`)")
