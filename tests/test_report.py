@@ -264,3 +264,20 @@ def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> 
     assert "pruned 90%: the sparse model scores 94.0%; plain surgery 12.0% (-82.0 points)" in text
     assert "pruned 90%: 42.0% right after pruning, 91.2% after 3 fine-tuning epochs" in text
     assert "pruned 90% + fine-tuned: 91.2% (-0.8 points against unpruned (λ = 0))" in text
+
+
+def test_each_pruned_bar_gets_a_tick_at_the_unpruned_throughput_timed_with_it() -> None:
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    names = ["unpruned (λ = 0)", "pruned 50%", "pruned 50% + fine-tuned", "pruned 90%", "pruned 90% + fine-tuned"]
+    prune_metrics = {"0.5": {"throughput_b1_unpruned": 150.0}, "0.9": {"throughput_b1_unpruned": 120.0}}
+    report._reference_ticks(ax, names, prune_metrics, "throughput_b1_unpruned")
+    row = dict(zip(names, range(len(names) - 1, -1, -1), strict=True))  # bars run top to bottom
+    ticks = {(float(line.get_xdata()[0]), round(float(np.mean(line.get_ydata())))) for line in ax.get_lines()}
+    assert ticks == {
+        (150.0, row["pruned 50%"]),
+        (150.0, row["pruned 50% + fine-tuned"]),
+        (120.0, row["pruned 90%"]),
+        (120.0, row["pruned 90% + fine-tuned"]),
+    }
