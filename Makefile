@@ -6,14 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: demo test test-fast ui dashboard setup system-deps lint bench search clean-demo
 
 # uv installs the ~6 GB of wheels (torch's CUDA build and its libraries) in about 30 s where pip takes about
 # 3 minutes on 2 cores. uv reads no pip configuration, so pip's own (indexes, find-links, constraints, as
 # `pip config list` shows them) is handed to it; where uv cannot be installed, pip does the work.
-# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, no .pyc would ever be written and every
-# stage would compile torch and mlflow again on import (measured here: 23 s instead of 6 s per stage).
+# No --compile-bytecode: compiling all ~6 GB of packages takes 50 s on 2 cores, while the stages import a small part
+# of them. Python writes the .pyc of what it imports instead; where PYTHONDONTWRITEBYTECODE is set it would write
+# none and every stage would compile torch and mlflow again (23 s instead of 6 s per stage here), so the commands
+# run from here clear it. DVC ignores the __pycache__ folders this leaves in src/ (.dvcignore).
 # postgres extra: the multi-worker search test runs on a real server.
 PIP_SETTINGS_FOR_UV = $(BIN)/pip config list | \
   sed -n "s/^[^.]*\.\(index-url\|extra-index-url\|find-links\|constraint\)='\(.*\)'$$/\1 \2/p" | \
@@ -21,7 +24,7 @@ PIP_SETTINGS_FOR_UV = $(BIN)/pip config list | \
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	if $(BIN)/pip install -q uv; then \
-	  $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match --compile-bytecode \
+	  $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
 	    $$($(PIP_SETTINGS_FOR_UV)) -e '.[dev,postgres]'; \
 	else \
 	  $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[dev,postgres]'; \
@@ -44,11 +47,19 @@ system-deps:
 demo: setup
 	$(BIN)/python -m netslim.demo
 
+# Two pytest workers, each taking whole test files (--dist loadfile: a module's tiny pipeline runs once, in one
+# worker; tests/conftest.py hands out the longest files first), with the CPUs split between them: more OpenMP
+# threads than cores make torch's kernels spin against each other (measured here: an in-process 17 s test took
+# 176 s with two workers of two threads on 2 cores). The stages that tests start inherit the thread count.
+TEST_WORKERS ?= 2
+TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$((n / $(TEST_WORKERS))); echo $$((t > 0 ? t : 1)))
+PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(PYTEST) --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The stages' default tracking store (artifacts in ./mlruns); one worker and no job runner suit a laptop.
 # First the link that opens the experiment's runs table (MLflow 3 would open its GenAI traces page).

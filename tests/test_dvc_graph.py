@@ -358,3 +358,12 @@ def test_dvc_plots_show_renders_the_report_figures(tmp_path) -> None:
     data = json.loads(shown.stdout)["data"]  # the stages' CSV plots are missing here, so the exit code is 1
     for name in ("finetune_accuracy.png", "channels_per_layer.png"):
         assert [r["type"] for r in data[f"reports/figures/{name}"]] == ["image"]
+
+
+def test_python_bytecode_in_a_code_folder_is_not_a_dependency_change() -> None:
+    """Python writes __pycache__/ into src/netslim/models (a folder dep) on import: DVC must not see a change."""
+    cache = "src/netslim/models/__pycache__/resnet.cpython-311.pyc"
+    checked = subprocess.run(
+        [DVC, "check-ignore", cache, "src/netslim/models/resnet.py"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert checked.stdout.split() == [cache], checked.stdout + checked.stderr
