@@ -127,23 +127,12 @@ def is_main_process() -> bool:
 
 def set_deterministic(enabled: bool) -> None:
     """Bit-exact reruns: deterministic kernels (CPU is deterministic already at fixed threads)."""
-    # torch.use_deterministic_algorithms also sets torch._inductor.config.deterministic, and importing that config
-    # costs 2-3 s on a 2-core CPU at every training stage's start. Only torch.compile reads it, and fit() hands the
-    # setting on before it compiles (_sync_compiler_determinism); until then the kernel switch alone does the work.
-    if "torch._inductor.config" in sys.modules:
+    # Only when it changes something: the call imports torch's inductor config (2-3 s on a 2-core CPU). That is no
+    # saving for a training stage, whose first torch.optim optimizer imports dynamo and that config anyway.
+    if enabled or torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(enabled, warn_only=True)
-    elif enabled != torch.are_deterministic_algorithms_enabled():
-        torch._C._set_deterministic_algorithms(enabled, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = not enabled
-
-
-def _sync_compiler_determinism() -> None:
-    """Before torch.compile: give inductor the deterministic setting that set_deterministic made."""
-    torch.use_deterministic_algorithms(
-        torch.are_deterministic_algorithms_enabled(),
-        warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
 
 
 def show_progress() -> bool:
@@ -375,7 +364,6 @@ def fit(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if s.compile:
-        _sync_compiler_determinism()
         train_model = torch.compile(train_model)
 
     for epoch in range(start_epoch + 1, s.epochs + 1):
