@@ -278,3 +278,19 @@ def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(case: Case, outc
         assert fragment in lines[0], f"{fragment!r} missing from: {lines[0]}"
     assert "Traceback" not in output
     assert after == before, f"files changed: {sorted(set(after.items()) ^ set(before.items()))}"
+
+
+def test_a_bad_params_key_is_reported_before_torch_is_imported(tmp_path: Path) -> None:
+    """Bad params fail at once: the check runs before the stage module and its torch import (seconds)."""
+    params = tiny_params(tmp_path, tmp_path / "fmnist")
+    params["train"]["epoch"] = 3
+    write_params(tmp_path / "params.yaml", params)
+    script = (
+        "import sys\n"
+        "from netslim.cli import main\n"
+        "code = main(['train', '--lambda', '0'])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    result = run_process([sys.executable, "-c", script], cwd=tmp_path, timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr.startswith("error: train.epoch: unknown key"), result.stderr

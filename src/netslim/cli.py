@@ -54,8 +54,9 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def stage_parser(name: str, module) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"netslim {name}", description=STAGES[name][1])
+def common_parser(add_help: bool = False) -> argparse.ArgumentParser:
+    """The options every stage takes: where params come from."""
+    parser = argparse.ArgumentParser(add_help=add_help)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
         "--set",
@@ -64,6 +65,11 @@ def stage_parser(name: str, module) -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one params value for this run (repeatable)",
     )
+    return parser
+
+
+def stage_parser(name: str, module) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"netslim {name}", description=STAGES[name][1], parents=[common_parser()])
     module.add_arguments(parser)
     return parser
 
@@ -76,11 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in STAGES:
         print(f"error: unknown stage {argv[0]!r}; use one of {', '.join(STAGES)}", file=sys.stderr)
         return 2
+    config = None
+    if not {"-h", "--help"} & set(argv[1:]):
+        # params first: a bad key or value is reported before the stage's imports (torch: seconds) are paid for.
+        common, _ = common_parser().parse_known_args(argv[1:])
+        try:
+            config = load_config(common.params, parse_overrides(common.set))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     module = importlib.import_module(STAGES[argv[0]][0])  # only the chosen stage's imports are paid for
     args = stage_parser(argv[0], module).parse_args(argv[1:])
     args.stage = argv[0]
     try:
-        config = load_config(args.params, parse_overrides(args.set))
         return int(module.run(args, config) or 0)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)

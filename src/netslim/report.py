@@ -552,14 +552,14 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
         "## Exported models (ONNX Runtime)",
         f"Each model exported to ONNX (opset {opset}, BatchNorm folded into its conv) and timed in ONNX Runtime "
         f"with {threads} threads, interleaved with the exported unpruned model; eager PyTorch, with as many threads, "
-        "timed in the same rounds. *of MACs ratio* is how much of the promised speedup the export realises.",
+        "likewise, in rounds of its own. *of MACs ratio* is how much of the promised speedup the export realises.",
         markdown_table(header, cells),
     ]
     rows = {k: v for k, v in widths.items() if isinstance(v, Mapping)}
     if rows:
         batches = _batch_sizes(rows)
         header = ["pruned model", "round_to", "params", "MACs", "accuracy right after pruning"]
-        header += [f"ONNX speedup (batch {b})" for b in batches]
+        header += [f"ONNX speedup (batch {b})" for b in batches] + [f"of MACs ratio (batch {b})" for b in batches]
         cells = [
             [
                 model_name(name.removeprefix("pruned_").split("_round")[0], finetuned=False),
@@ -569,12 +569,14 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
                 fmt_pct(number(m, "test_acc")),
             ]
             + [fmt_ratio(number(m, f"speedup_b{b}")) for b in batches]
+            + [fmt_ratio(number(m, f"speedup_over_macs_ratio_b{b}")) for b in batches]
             for name, m in rows.items()
         ]
         parts += [
             "### Hardware-aligned widths",
             "Plain pruning next to pruning that keeps a multiple of `round_to` channels per layer (the next-largest "
-            "|γ|), right after pruning, speedups of the exports against the exported unpruned model:",
+            "|γ|), right after pruning (repaired as the prune stage repairs), speedups of the exports against the "
+            "exported unpruned model:",
             markdown_table(header, cells),
         ]
     return parts

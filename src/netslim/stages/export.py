@@ -12,6 +12,7 @@ Writes <paths.exported>/<model>.onnx and <paths.export_reports>/{metrics.json,wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import onnx
@@ -37,7 +38,7 @@ from netslim.io import write_json
 from netslim.layout import Layout
 from netslim.measure import model_summary
 from netslim.models import load_model
-from netslim.slimming.surgery import prune
+from netslim.steps.prune import prune_configured
 
 UNPRUNED = "unpruned"
 CPU = torch.device("cpu")  # ONNX Runtime runs on the CPU here, so the eager models it is compared with do too
@@ -67,8 +68,9 @@ def compare_widths(
 ) -> dict[str, dict[str, float]]:
     """Plain pruning against pruning rounded to export.compare_round_to, at each numeric prune ratio.
 
-    Right after pruning (no fine-tuning): params, MACs, test accuracy in PyTorch, and ONNX Runtime speed, each
-    pruned export timed interleaved with the unpruned one.
+    Right after pruning, repaired as the prune stage repairs (`prune.bias_compensation`,
+    `prune.recalibration_batches`), before fine-tuning: params, MACs, test accuracy in PyTorch, and ONNX Runtime
+    speed, each pruned export timed interleaved with the unpruned one.
     """
     p, e = config.prune, config.export
     ratios = [r for r in p.ratios if r != BUDGET]
@@ -80,13 +82,8 @@ def compare_widths(
             f"pruned_{ratio_label(ratio)}_round{e.compare_round_to}": e.compare_round_to,
         }
         for name, round_to in variants.items():
-            model = prune(
-                sparse,
-                ratio=ratio,
-                min_channels=p.min_channels,
-                bias_compensation=p.bias_compensation,
-                round_to=round_to,
-            ).model.cpu()
+            rounded = dataclasses.replace(config, prune=dataclasses.replace(p, round_to=round_to))
+            model = prune_configured(sparse, data, rounded, CPU, ratio).model.cpu()
             _, accuracy = evaluate(
                 model, data.test, data.mean, data.std, CPU, config.runtime.eval_batch_size, amp=False
             )
