@@ -149,7 +149,8 @@ def tiny_params(tmp: Path, fmnist: Path, **sections) -> dict:
     params["train"]["lambdas"] = ["1e-4", "0"]
     params["runtime"].update(eval_batch_size=256, throughput_repeats=1)
     params["tracking"].update(enabled=False)
-    params["export"].update(repeats=1, check_images=64, compare_round_to=None)  # 3 exports, not 3 + 2 per ratio
+    # 3 exports, not 3 + 2 per ratio; one batch size (batch 1 is 64 calls a sample: the slowest to time)
+    params["export"].update(repeats=1, batch_sizes=[64], check_images=64, compare_round_to=None)
     params["search"].update(n_trials=2, train_epochs=1, finetune_epochs=1)
     for section, values in sections.items():
         params.setdefault(section, {}).update(values)
