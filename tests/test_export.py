@@ -288,6 +288,10 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
     )
     assert "| pruned 50% | 1 | 123,456 | 2.5 M | 50.00% | 0.90× |" in text
     assert "| pruned 50% | 8 | 130,000 | 2.7 M | 52.00% | 1.30× |" in text
+    assert (
+        "In this run, at batch 64 against the exported unpruned model: "
+        "pruned 50% runs 0.90× with plain widths and 1.30× with widths rounded to 8." in text
+    )
 
 
 def test_the_pull_request_diff_tables_export_speed_per_model() -> None:

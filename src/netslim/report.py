@@ -578,8 +578,32 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
             "|γ|), right after pruning (repaired as the prune stage repairs), speedups of the exports against the "
             "exported unpruned model:",
             markdown_table(header, cells),
+            *_width_findings(rows, batches[-1]),
         ]
     return parts
+
+
+def _width_findings(rows: Mapping[str, Mapping[str, Any]], batch: int) -> list[str]:
+    """One sentence from the widths table: at each ratio, the plain and the rounded export's speedup at `batch`."""
+    by_ratio: dict[str, list[Mapping[str, Any]]] = {}
+    for name, m in rows.items():
+        by_ratio.setdefault(name.removeprefix("pruned_").split("_round")[0], []).append(m)
+    findings = []
+    for label, variants in by_ratio.items():
+        plain = [m for m in variants if number(m, "round_to") == 1]
+        rounded = [m for m in variants if (number(m, "round_to") or 1) > 1]
+        if not plain or not rounded:
+            continue
+        speedups = [number(m, f"speedup_b{batch}") for m in (plain[0], rounded[0])]
+        if None in speedups:
+            continue
+        findings.append(
+            f"{model_name(label, finetuned=False)} runs {fmt_ratio(speedups[0])} with plain widths and "
+            f"{fmt_ratio(speedups[1])} with widths rounded to {fmt_int(number(rounded[0], 'round_to'))}"
+        )
+    if not findings:
+        return []
+    return [f"In this run, at batch {batch} against the exported unpruned model: " + "; ".join(findings) + "."]
 
 
 def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> list[str]:
