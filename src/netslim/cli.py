@@ -54,9 +54,9 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def common_parser(add_help: bool = False) -> argparse.ArgumentParser:
-    """The options every stage takes: where params come from."""
-    parser = argparse.ArgumentParser(add_help=add_help)
+def common_parser() -> argparse.ArgumentParser:
+    """The options every stage takes: where params come from (no -h: it is a parent of each stage's parser)."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
         "--set",

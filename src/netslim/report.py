@@ -319,9 +319,14 @@ def finetune_accuracy(
     return fig
 
 
+def _bar_positions(names: list[str]) -> np.ndarray:
+    """The y of each name's bar: top to bottom in table order."""
+    return np.arange(len(names))[::-1]
+
+
 def _bars(ax: Axes, names: list[str], values: list[float | None], colors: list[str], fmt) -> None:
     """Horizontal bars, top to bottom in table order, each labelled with its value (n/a for unknown)."""
-    y = np.arange(len(names))[::-1]
+    y = _bar_positions(names)
     ax.barh(y, [0 if v is None else v for v in values], color=colors)
     for yi, v in zip(y, values, strict=True):
         ax.text(0 if v is None else v, yi, f" {NA if v is None else fmt(v)}", va="center", fontsize=8)
@@ -369,7 +374,7 @@ def _reference_ticks(
     Each prune stage times its own pair, so two stages may see the machine under different load: a pruned model
     is faster than the tick on its own bar, not necessarily than the grey bar measured by another stage.
     """
-    y = np.arange(len(names))[::-1]
+    y = _bar_positions(names)
     drawn = False
     for label, metrics in prune_metrics.items():
         reference = number(metrics, reference_key)
@@ -562,7 +567,7 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
         header += [f"ONNX speedup (batch {b})" for b in batches] + [f"of MACs ratio (batch {b})" for b in batches]
         cells = [
             [
-                model_name(name.removeprefix("pruned_").split("_round")[0], finetuned=False),
+                model_name(_width_ratio(name), finetuned=False),
                 fmt_int(number(m, "round_to")),
                 fmt_int(number(m, "params")),
                 fmt_millions(number(m, "macs")),
@@ -583,11 +588,16 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
     return parts
 
 
+def _width_ratio(name: str) -> str:
+    """The ratio label of a widths.json entry: "pruned_0.5" and "pruned_0.5_round8" -> "0.5"."""
+    return name.removeprefix("pruned_").split("_round")[0]
+
+
 def _width_findings(rows: Mapping[str, Mapping[str, Any]], batch: int) -> list[str]:
     """One sentence from the widths table: at each ratio, the plain and the rounded export's speedup at `batch`."""
     by_ratio: dict[str, list[Mapping[str, Any]]] = {}
     for name, m in rows.items():
-        by_ratio.setdefault(name.removeprefix("pruned_").split("_round")[0], []).append(m)
+        by_ratio.setdefault(_width_ratio(name), []).append(m)
     findings = []
     for label, variants in by_ratio.items():
         plain = [m for m in variants if number(m, "round_to") == 1]
