@@ -47,12 +47,14 @@ demo: setup
 	$(BIN)/python -m netslim.demo
 
 # Two pytest workers, each taking whole test files (--dist loadfile: a module's tiny pipeline runs once, in one
-# worker; tests/conftest.py hands out the longest files first), with the CPUs split between them: more OpenMP
-# threads than cores make torch's kernels spin against each other (measured here: an in-process 17 s test took
-# 176 s with two workers of two threads on 2 cores). The stages that tests start inherit the thread count.
+# worker), the longest files first as tests/conftest.py orders them (--no-loadscope-reorder: xdist would reorder
+# them by their number of tests, and the longest file, with few tests, started last and ran alone). The CPUs are
+# split between the workers: more OpenMP threads than cores make torch's kernels spin against each other (measured
+# here: an in-process 17 s test took 176 s with two workers of two threads on 2 cores). The stages that tests start
+# inherit the thread count.
 TEST_WORKERS ?= 2
 TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$((n / $(TEST_WORKERS))); echo $$((t > 0 ? t : 1)))
-PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: setup
 	$(PYTEST) --durations=15

@@ -1,34 +1,21 @@
-"""netslim ci-report (metric and params diff against a git revision) and the pull-request workflow."""
+"""netslim ci-report (metric and params diff against a git revision) and the pull-request workflow.
+
+The report on two real commits of a reproduced project is in test_pipeline.py, on that module's pipeline."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, committed_params, run_process, tiny_params, write_fashion_mnist, write_params
+from conftest import ROOT, committed_params
 from netslim import cli
 from netslim.ci_report import MARKER, Diff, render
 
-BIN = Path(sys.executable).parent
-DVC = str(BIN / "dvc")
 WORKFLOW = ROOT / ".github" / "workflows" / "pr-metrics.yml"
-
-
-def sh(cmd: list[str], cwd: Path) -> str:
-    """Runs a command with the venv's scripts on PATH (dvc.yaml's stages call `netslim`)."""
-    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = run_process(cmd, cwd=cwd, env=env)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def cell_number(text: str) -> float:
@@ -56,16 +43,6 @@ def table_rows(markdown: str, heading: str) -> dict[str, list[str]]:
 def close(a: float, b: float) -> bool:
     """Equal to the 4 significant digits the report prints."""
     return math.isclose(a, b, rel_tol=6e-4, abs_tol=1e-12)
-
-
-def flat(obj: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            out |= flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # ---- the report from dvc's diff ---------------------------------------------------------------------
@@ -121,84 +98,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(word in err for word in expected), err
     assert not out.exists()
-
-
-# ---- the real thing: two commits, dvc repro on each -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def two_commits(tmp_path_factory) -> tuple[Path, str, str]:
-    """A git + DVC project on the tiny profile, reproduced and committed twice with different params.
-
-    The second commit changes finetune.lr and prune.min_channels: a pruned model that keeps at least 4
-    channels per layer is surely larger, so params and MACs change whatever the tiny training does.
-    """
-    tmp = tmp_path_factory.mktemp("ci-report")
-    repo = tmp / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copytree(ROOT / "src" / "netslim", repo / "src" / "netslim", ignore=shutil.ignore_patterns("__pycache__"))
-    fmnist = write_fashion_mnist(tmp / "fmnist", n_train=192, n_test=64)
-    params = tiny_params(tmp, fmnist, train={"lambdas": ["1e-4"]}, prune={"ratios": [0.9], "min_channels": 2})
-    sh(["git", "init", "-q"], repo)
-    sh([DVC, "init", "-q"], repo)
-    shas = []
-    for lr, min_channels in ((params["finetune"]["lr"], 2), (0.05, 4)):
-        params["finetune"]["lr"] = lr
-        params["prune"]["min_channels"] = min_channels
-        write_params(repo / "params.yaml", params)
-        sh([DVC, "repro"], repo)
-        sh(["git", "add", "-A"], repo)
-        sh(["git", "commit", "-qm", f"finetune.lr={lr} prune.min_channels={min_channels}"], repo)
-        shas.append(sh(["git", "rev-parse", "HEAD"], repo).strip())
-    return repo, shas[0], shas[1]
-
-
-def metrics_at(repo: Path, sha: str) -> dict[tuple[str, str], object]:
-    """Every metric at a commit, read straight from git: {(file, flattened key): value}."""
-    lock = subprocess.run(["git", "show", f"{sha}:dvc.lock"], cwd=repo, capture_output=True, text=True, check=True)
-    files = sorted(set(re.findall(r"path: (reports/\S*(?:metrics|summary)\.json)", lock.stdout)))
-    assert files, "dvc.lock names no metrics file"
-    out = {}
-    for path in files:
-        text = subprocess.run(["git", "show", f"{sha}:{path}"], cwd=repo, capture_output=True, text=True, check=True)
-        out |= {(path, key): value for key, value in flat(json.loads(text.stdout)).items()}
-    return out
-
-
-@pytest.mark.slow
-def test_ci_report_shows_every_changed_metric_and_param_with_old_new_and_delta(two_commits):
-    repo, first, second = two_commits
-    out = repo / "pr-report.md"
-    sh([str(BIN / "netslim"), "ci-report", "--base", first, "--out", str(out)], repo)
-    md = out.read_text()
-    assert md.startswith(MARKER) and first[:8] in md
-
-    old, new = metrics_at(repo, first), metrics_at(repo, second)
-    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
-    for key in ("finetuned_0.9.num_params", "finetuned_0.9.macs", "pruned_0.9.num_params"):
-        assert ("reports/summary.json", key) in changed, changed
-    tables: dict[str, dict[str, list[str]]] = {}
-    for path, key in sorted(changed):
-        model, _, metric = key.rpartition(".")
-        heading = f"#### `{path}` · {model}" if model else f"#### `{path}`"
-        rows = tables.setdefault(heading, table_rows(md, heading))
-        assert metric in rows, f"{path} {key} changed but is not in the report:\n{md}"
-        old_cell, new_cell, delta_cell, _ = rows[metric]
-        a, b = float(old[path, key]), float(new[path, key])
-        assert close(cell_number(old_cell), a) and close(cell_number(new_cell), b), (key, rows[metric], a, b)
-        if isinstance(new[path, key], bool):  # a yes/no flag has no delta
-            assert delta_cell == "—", (key, rows[metric])
-        else:
-            assert close(cell_number(delta_cell), b - a), (key, delta_cell, b - a)
-    # and nothing else: the metrics that stayed the same (e.g. the sparse model's) are left out
-    headings = [line for line in md.splitlines() if line.startswith("#### ")]
-    assert sum(len(table_rows(md, h)) - 1 for h in headings) == len(changed), md
-
-    params = table_rows(md, "### Params")
-    assert set(params) == {"param", "finetune.lr", "prune.min_channels"}, params
-    assert [cell_number(c) for c in params["finetune.lr"]] == [3e-3, 0.05]
-    assert [cell_number(c) for c in params["prune.min_channels"]] == [2, 4]
 
 
 # ---- the workflow -----------------------------------------------------------------------------------

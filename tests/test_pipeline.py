@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import ROOT, run_process, tiny_params, write_params
+from netslim.ci_report import MARKER
+from netslim.config import read_yaml
+from test_ci_report import cell_number, close, table_rows
 
 pytestmark = pytest.mark.slow
-DVC = str(Path(sys.executable).with_name("dvc"))
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -98,13 +101,84 @@ def test_a_second_repro_runs_no_stage(project):
     assert ran_stages(run([DVC, "repro"], project)) == set()
 
 
-def test_changing_a_finetune_key_reruns_only_finetune_export_and_report(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
+def commit_all(repo: Path, message: str) -> str:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+    return run(["git", "rev-parse", "HEAD"], repo).strip()
+
+
+@pytest.fixture(scope="module")
+def finetune_lr_changed(project) -> tuple[str, str, set[str]]:
+    """The reproduced project committed, then finetune.lr changed, reproduced and committed again, as a pull
+    request would: (first commit, second commit, the stages the second `dvc repro` ran)."""
+    first = commit_all(project, "reproduced")
+    params = read_yaml((project / "params.yaml").read_text())  # as DVC reads it: PyYAML would unquote 1e-06
     params["finetune"]["lr"] = 1e-3
     write_params(project / "params.yaml", params)
     stages = ran_stages(run([DVC, "repro"], project))
+    return first, commit_all(project, "finetune.lr=1e-3"), stages
+
+
+def test_changing_a_finetune_key_reruns_only_finetune_export_and_report(finetune_lr_changed):
+    *_, stages = finetune_lr_changed
     assert stages and all(s.startswith("finetune") or s in ("export", "report") for s in stages), stages
     assert "report" in stages
+
+
+def metrics_at(repo: Path, sha: str) -> dict[tuple[str, str], object]:
+    """Every metric at a commit, read straight from git: {(file, flattened key): value}."""
+    lock = run(["git", "show", f"{sha}:dvc.lock"], repo)
+    files = sorted(set(re.findall(r"path: (reports/\S*(?:metrics|summary)\.json)", lock)))
+    assert files, "dvc.lock names no metrics file"
+    out = {}
+    for path in files:
+        text = run(["git", "show", f"{sha}:{path}"], repo)
+        out |= {(path, key): value for key, value in flat(json.loads(text)).items()}
+    return out
+
+
+def flat(obj: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_ci_report_shows_every_changed_metric_and_param_with_old_new_and_delta(project, finetune_lr_changed):
+    first, second, _ = finetune_lr_changed
+    out = project / "pr-report.md"
+    run([str(BIN / "netslim"), "ci-report", "--base", first, "--out", str(out)], project)
+    md = out.read_text()
+    assert md.startswith(MARKER) and first[:8] in md
+
+    old, new = metrics_at(project, first), metrics_at(project, second)
+    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    # the export's measured speeds differ on every run; what came before fine-tuning did not run again
+    assert any(path == "reports/export/metrics.json" for path, _ in changed), changed
+    assert not any(path.startswith(("reports/train/", "reports/prune/")) for path, _ in changed), changed
+    tables: dict[str, dict[str, list[str]]] = {}
+    for path, key in sorted(changed):
+        model, _, metric = key.rpartition(".")
+        heading = f"#### `{path}` · {model}" if model else f"#### `{path}`"
+        rows = tables.setdefault(heading, table_rows(md, heading))
+        assert metric in rows, f"{path} {key} changed but is not in the report:\n{md}"
+        old_cell, new_cell, delta_cell, _ = rows[metric]
+        a, b = float(old[path, key]), float(new[path, key])
+        assert close(cell_number(old_cell), a) and close(cell_number(new_cell), b), (key, rows[metric], a, b)
+        if isinstance(new[path, key], bool):  # a yes/no flag has no delta
+            assert delta_cell == "—", (key, rows[metric])
+        else:
+            assert close(cell_number(delta_cell), b - a), (key, delta_cell, b - a)
+    # and nothing else: the metrics that stayed the same (e.g. the sparse models') are left out
+    headings = [line for line in md.splitlines() if line.startswith("#### ")]
+    assert sum(len(table_rows(md, h)) - 1 for h in headings) == len(changed), md
+
+    params = table_rows(md, "### Params")
+    assert set(params) == {"param", "finetune.lr"}, params
+    assert [cell_number(c) for c in params["finetune.lr"]] == [3e-3, 1e-3]
 
 
 def test_push_then_pull_restores_identical_checkpoints(project):
