@@ -41,6 +41,7 @@ def test_a_vgg_run_needs_one_changed_key(tmp_path):
         ({"export": {"batch_sizes": [1, 0]}}, "export.batch_sizes: 0"),
         ({"export": {"atol": 0.0}}, "export.atol: 0.0"),
         ({"export": {"compare_round_to": 1}}, "export.compare_round_to: 1"),
+        ({"export": {"pad_to": 0}}, "export.pad_to: 0"),
         ({"model": {"arch": "resnet18"}}, "model.arch: 'resnet18'"),
         ({"data": {"dataset": "mnist"}}, "data.dataset: 'mnist'"),
         ({"finetune": {"milestones": [0.5, 1.5]}}, "past the last epoch"),

@@ -30,12 +30,13 @@ from netslim.export import (
     onnx_model,
     ort_logits,
     ort_session,
+    pad_channels,
     ratio_for_latency,
     speed_rows,
     write_onnx,
 )
 from netslim.measure import count_macs
-from netslim.models import batchnorms, load_model, save_model
+from netslim.models import architecture, batchnorms, load_model, save_model
 from netslim.slimming.surgery import prune, ratio_for_budget
 from netslim.slimming.threshold import PruneError
 from test_slimming import randomised
@@ -82,6 +83,35 @@ def test_a_batchnorm_after_no_conv_is_refused() -> None:
 
 
 # ---- ONNX and ONNX Runtime --------------------------------------------------------------------
+
+
+# ---- channel padding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arch", "width"), [("resnet50", 0.125), ("vgg19", 0.125), ("resnet56", 0.25)])
+def test_padding_rounds_each_pruned_width_up_within_the_layer_and_computes_exactly_the_same(arch, width) -> None:
+    unpruned = randomised(arch, width)
+    pruned = prune(unpruned, ratio=0.6).model.eval()
+    padded = pad_channels(pruned, 8)
+    full, kept, now = (dict(m.named_modules()) for m in (unpruned, pruned, padded))
+    widened = 0
+    for name in architecture(arch).prunable(pruned):
+        n, padded_n, limit = kept[name].num_features, now[name].num_features, full[name].num_features
+        assert n <= padded_n <= limit and padded_n - n < 8, (name, n, padded_n, limit)
+        assert padded_n % 8 == 0 or padded_n == limit, (name, padded_n)
+        widened += padded_n > n
+    assert widened, "the pruned model had no odd width to pad"
+    state = padded.state_dict()
+    for key, value in pruned.state_dict().items():  # the pruned weights lead, unchanged; what was added is zero
+        lead = tuple(slice(0, size) for size in value.shape)
+        assert torch.equal(state[key][lead], value), key
+        rest = state[key].clone()
+        rest[lead] = 1.0 if key.endswith("running_var") else 0.0
+        assert torch.equal(rest, torch.ones_like(rest) if key.endswith("running_var") else torch.zeros_like(rest)), key
+    x = images(5)
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), pruned(x), atol=1e-5, rtol=0)
+    assert pad_channels(unpruned, 8).cfg == unpruned.cfg  # an unpruned layer is never widened past itself
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +255,15 @@ def test_export_stage_writes_checked_onnx_files_and_speed_metrics(project, capsy
         session = ort_session(project / f"models/exported/{name}.onnx", threads=1)
         assert max_abs_difference(reference, session, images(4)) <= 1e-4
     metrics = json.loads((project / "reports/export/metrics.json").read_text())
-    assert metrics["threads"] == 1 and metrics["opset"] == OPSET
+    assert metrics["threads"] == 1 and metrics["opset"] == OPSET and metrics["pad_to"] == 8
     tuned = metrics["finetuned_0.5"]
+    # the fine-tuned model's export is padded to multiples of 8 (checked above: the same logits as the pruned model)
+    finetuned = load_model(project / "models/finetuned/0.5.pt")
+    padded = pad_channels(finetuned, 8)
+    meta = {p.key: p.value for p in onnx.load(project / "models/exported/finetuned_0.5.onnx").metadata_props}
+    assert meta["padded_to"] == "8" and json.loads(meta["padded_cfg"]) == padded.cfg != finetuned.cfg
+    assert json.loads(meta["cfg"]) == finetuned.cfg
+    assert tuned["onnx_macs"] == count_macs(padded) > tuned["macs"] == count_macs(finetuned)
     assert tuned["max_abs_diff"] <= 1e-4 and 0 <= tuned["onnx_test_acc"] <= 1
     assert tuned["macs_ratio"] == metrics["unpruned"]["macs"] / tuned["macs"] > 1
     for b in (1, 8):
@@ -263,9 +300,11 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
     metrics = {
         "threads": 2,
         "opset": OPSET,
+        "pad_to": 8,
         "unpruned": {"macs": 1000, "max_abs_diff": 1e-6},
         "finetuned_0.9": {
             "macs_ratio": 5.5,
+            "onnx_macs": 1_234_567,
             "speedup_b1": 2.2,
             "speedup_b64": 3.85,
             "speedup_over_macs_ratio_b1": 0.4,
@@ -283,9 +322,12 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
     }
     text = "\n\n".join(export_markdown(metrics, widths))
     assert f"opset {OPSET}" in text and "with 2 threads" in text
+    assert "padded with zero channels to multiples of 8 (`export.pad_to`)" in text
     assert (
-        "| pruned 90% + fine-tuned | 5.50× | 2.20× | 3.85× | 0.40× | 0.70× | 1.41× | 1.88× | 71.00% | 2.5e-06 |" in text
+        "| pruned 90% + fine-tuned | 5.50× | 1.2 M | 2.20× | 3.85× | 0.40× | 0.70× | 1.41× | 1.88× | 71.00% | 2.5e-06 |"
+        in text
     )
+    assert "padded with zero channels" not in "\n\n".join(export_markdown(metrics | {"pad_to": None}, widths))
     assert "| pruned 50% | 1 | 123,456 | 2.5 M | 50.00% | 0.90× |" in text
     assert "| pruned 50% | 8 | 130,000 | 2.7 M | 52.00% | 1.30× |" in text
     assert (

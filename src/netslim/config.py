@@ -169,6 +169,7 @@ class ExportConfig:
     check_images: int = 256  # test images on which ONNX Runtime's logits must equal PyTorch's
     atol: float = 1e-4  # the largest allowed |ONNX Runtime logit - PyTorch logit|
     compare_round_to: int | None = 8  # plain pruning next to pruning with round_to = this; null = no comparison
+    pad_to: int | None = 8  # exported models' pruned widths padded with zero channels to multiples of this; null = off
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,10 @@ def _validate_export(e: ExportConfig) -> None:
     _require(
         e.compare_round_to is None or e.compare_round_to >= 2,
         f"export.compare_round_to: {e.compare_round_to} must be >= 2 (e.g. 8), or null for no comparison",
+    )
+    _require(
+        e.pad_to is None or e.pad_to >= 1,
+        f"export.pad_to: {e.pad_to} must be >= 1 (8 for AVX2's 8-float registers), or null to export widths as pruned",
     )
 
 

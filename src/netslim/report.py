@@ -536,7 +536,7 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
     if not models:
         return []
     batches = _batch_sizes(models)
-    header = ["exported model", "MACs ratio"]
+    header = ["exported model", "MACs ratio", "MACs run"]
     header += [f"speedup (batch {b})" for b in batches] + [f"of MACs ratio (batch {b})" for b in batches]
     header += [f"eager speedup (batch {b})" for b in batches] + ["ONNX test accuracy", "max abs Δ logit"]
     cells = []
@@ -546,18 +546,31 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
         eager = [fmt_ratio(number(m, f"eager_speedup_b{b}")) for b in batches]
         difference = number(m, "max_abs_diff")
         cells.append(
-            [model_name(name.removeprefix("finetuned_"), finetuned=True), fmt_ratio(number(m, "macs_ratio"))]
+            [
+                model_name(name.removeprefix("finetuned_"), finetuned=True),
+                fmt_ratio(number(m, "macs_ratio")),
+                fmt_millions(number(m, "onnx_macs")),
+            ]
             + speedups
             + shares
             + eager
             + [fmt_pct(number(m, "onnx_test_acc")), NA if difference is None else f"{difference:.1e}"]
         )
     threads, opset = export_metrics.get("threads", NA), export_metrics.get("opset", NA)
+    pad_to = export_metrics.get("pad_to")
+    padding = (
+        f" Its pruned widths are padded with zero channels to multiples of {pad_to} (`export.pad_to`), which ONNX "
+        "Runtime's blocked kernels need: the logits stay the pruned model's (*max abs Δ logit*), the graph computes "
+        "*MACs run*, and *MACs ratio* is the pruned model's."
+        if pad_to
+        else ""
+    )
     parts = [
         "## Exported models (ONNX Runtime)",
         f"Each model exported to ONNX (opset {opset}, BatchNorm folded into its conv) and timed in ONNX Runtime "
         f"with {threads} threads, interleaved with the exported unpruned model; eager PyTorch, with as many threads, "
-        "likewise, in rounds of its own. *of MACs ratio* is how much of the promised speedup the export realises.",
+        f"likewise, in rounds of its own.{padding} *of MACs ratio* is how much of the promised speedup the export "
+        "realises.",
         markdown_table(header, cells),
     ]
     rows = {k: v for k, v in widths.items() if isinstance(v, Mapping)}
@@ -580,8 +593,8 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
         parts += [
             "### Hardware-aligned widths",
             "Plain pruning next to pruning that keeps a multiple of `round_to` channels per layer (the next-largest "
-            "|γ|), right after pruning (repaired as the prune stage repairs), speedups of the exports against the "
-            "exported unpruned model:",
+            "|γ|), right after pruning (repaired as the prune stage repairs), speedups of the exports (not padded) "
+            "against the exported unpruned model:",
             markdown_table(header, cells),
             *_width_findings(rows, batches[-1]),
         ]

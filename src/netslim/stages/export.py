@@ -3,8 +3,11 @@
 Each model is exported with a dynamic batch size, checked by onnx.checker, and run in ONNX Runtime on real test
 images: its logits must equal PyTorch's to within export.atol, or the stage fails and writes nothing. Each
 fine-tuned model is then timed against the unpruned one (interleaved, in ONNX Runtime and in eager PyTorch, at
-export.batch_sizes, with export.threads threads). With export.compare_round_to set, plain pruning and pruning
-with round_to = compare_round_to are compared side by side at each ratio, right after pruning.
+export.batch_sizes, with export.threads threads). With export.pad_to set, each exported graph has its pruned
+widths padded with zero channels to multiples of pad_to (export.pad_channels: the same logits, faster kernels);
+its PyTorch model, the eager timing and the MACs ratio stay the pruned model's. With export.compare_round_to set,
+plain pruning (unpadded) and pruning with round_to = compare_round_to are compared side by side at each ratio,
+right after pruning.
 
 Writes <paths.exported>/<model>.onnx and <paths.export_reports>/{metrics.json,widths.json}.
 """
@@ -31,12 +34,13 @@ from netslim.export import (
     onnx_accuracy,
     onnx_model,
     ort_session,
+    pad_channels,
     speed_rows,
     write_onnx,
 )
 from netslim.io import write_json
 from netslim.layout import Layout
-from netslim.measure import model_summary
+from netslim.measure import count_macs, model_summary
 from netslim.models import load_model
 from netslim.steps.prune import prune_configured
 
@@ -58,8 +62,12 @@ def _ratios(unpruned: dict[str, float], pruned: dict[str, float]) -> dict[str, f
     return {"params_ratio": unpruned["params"] / pruned["params"], "macs_ratio": unpruned["macs"] / pruned["macs"]}
 
 
-def _deployable(model: nn.Module, metadata: dict[str, str], threads: int) -> tuple[onnx.ModelProto, Deployable]:
-    proto = onnx_model(model, metadata)
+def _deployable(
+    model: nn.Module, metadata: dict[str, str], threads: int, graph: nn.Module | None = None
+) -> tuple[onnx.ModelProto, Deployable]:
+    """The ONNX export of `graph` (default: `model`) and its session, paired with `model`: the PyTorch side of every
+    check, of the eager timing and of the MACs ratio is the model as pruned, whatever its export's widths are."""
+    proto = onnx_model(model if graph is None else graph, metadata)
     return proto, Deployable(model, ort_session(proto, threads))
 
 
@@ -123,11 +131,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
         exported, metrics = {}, {}
         for name, model in models.items():  # each checked right after its export: a wrong file stops the stage early
             info = metadata | {"model": name, "arch": model.arch, "cfg": json.dumps(model.cfg)}
-            proto, deployable = exported[name] = _deployable(model, info, threads)
+            graph = pad_channels(model, e.pad_to) if e.pad_to else model
+            if e.pad_to:
+                info |= {"padded_to": str(e.pad_to), "padded_cfg": json.dumps(graph.cfg)}
+            proto, deployable = exported[name] = _deployable(model, info, threads, graph)
             metrics[name] = {
                 "max_abs_diff": check_matches(name, model, deployable.session, check_images, e.atol),
                 "onnx_test_acc": onnx_accuracy(deployable.session, data.test, data.mean, data.std),
                 "onnx_bytes": proto.ByteSize(),
+                "onnx_macs": count_macs(graph),  # what the exported graph computes, padding included
             } | model_summary(model)
         reference = exported[UNPRUNED][1]
         for name, (_, deployable) in exported.items():
@@ -139,14 +151,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
         widths = compare_widths(models[UNPRUNED], data, config, reference, threads) if e.compare_round_to else {}
         for name, (proto, _) in exported.items():
             write_onnx(layout.exported(name), proto)
-        setting = {"threads": threads, "opset": OPSET}
+        setting = {"threads": threads, "opset": OPSET, "pad_to": e.pad_to}
         write_json(layout.export_reports / "metrics.json", setting | metrics)
         write_json(layout.export_reports / "widths.json", setting | widths)
         run.metrics({f"{model}/{k}": v for model, values in (metrics | widths).items() for k, v in values.items()})
         for name in exported:
             run.artifact(layout.exported(name), "onnx")
     print(
-        f"export: {len(exported)} ONNX models (opset {OPSET}, BatchNorm folded) -> {layout.exported(UNPRUNED).parent}"
+        f"export: {len(exported)} ONNX models (opset {OPSET}, BatchNorm folded"
+        + (f", widths padded to multiples of {e.pad_to}" if e.pad_to else "")
+        + f") -> {layout.exported(UNPRUNED).parent}"
     )
     for name, m in metrics.items():
         line = f"  {name}: max |Δ logit| {m['max_abs_diff']:.1e}, ONNX test acc {m['onnx_test_acc']:.4f}"

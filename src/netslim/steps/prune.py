@@ -92,7 +92,7 @@ def prune_by(sparse: nn.Module, config: Config, target: float | str) -> dict[str
     if config.prune.target_latency_ms is not None:
         from netslim.export import budget_ratio  # ONNX Runtime is loaded only for a latency budget
 
-        return {"ratio": budget_ratio(sparse, config.prune, config.export.threads)}
+        return {"ratio": budget_ratio(sparse, config.prune, config.export.threads, config.export.pad_to)}
     return {"target_params": config.prune.target_params}
 
 
