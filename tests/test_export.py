@@ -328,6 +328,14 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
         in text
     )
     assert "padded with zero channels" not in "\n\n".join(export_markdown(metrics | {"pad_to": None}, widths))
+    # the fine-tuned 50% model has the plain pruned widths: what padding gave is said from the two rows
+    metrics["finetuned_0.5"] = {"params": 123456, "speedup_b64": 1.5, "onnx_macs": 3_000_000}
+    text = "\n\n".join(export_markdown(metrics, widths))
+    assert (
+        "Padding at export, at batch 64: pruned 50% + fine-tuned runs 1.50× padded to 8, where its widths unpadded "
+        "ran 0.90×." in text
+    )
+    assert "Padding at export" not in "\n\n".join(export_markdown(metrics | {"pad_to": None}, widths))
     assert "| pruned 50% | 1 | 123,456 | 2.5 M | 50.00% | 0.90× |" in text
     assert "| pruned 50% | 8 | 130,000 | 2.7 M | 52.00% | 1.30× |" in text
     assert (

@@ -597,6 +597,7 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
             "against the exported unpruned model:",
             markdown_table(header, cells),
             *_width_findings(rows, batches[-1]),
+            *_padding_findings(models, rows, export_metrics.get("pad_to"), batches[-1]),
         ]
     return parts
 
@@ -627,6 +628,31 @@ def _width_findings(rows: Mapping[str, Mapping[str, Any]], batch: int) -> list[s
     if not findings:
         return []
     return [f"In this run, at batch {batch} against the exported unpruned model: " + "; ".join(findings) + "."]
+
+
+def _padding_findings(
+    models: Mapping[str, Mapping[str, Any]], widths: Mapping[str, Mapping[str, Any]], pad_to: int | None, batch: int
+) -> list[str]:
+    """One sentence on what padding gave: each padded fine-tuned export's speedup at `batch` next to the plain
+    (unpadded) export of the same widths in the widths table, where the two models have the same channel counts."""
+    if not pad_to:
+        return []
+    findings = []
+    for name, m in models.items():
+        label = name.removeprefix("finetuned_")
+        plain = widths.get(f"pruned_{label}")
+        if plain is None or number(plain, "params") != number(m, "params"):  # not the same widths: nothing to compare
+            continue
+        padded, unpadded = number(m, f"speedup_b{batch}"), number(plain, f"speedup_b{batch}")
+        if None in (padded, unpadded):
+            continue
+        findings.append(
+            f"{model_name(label, finetuned=True)} runs {fmt_ratio(padded)} padded to {pad_to}, where its widths "
+            f"unpadded ran {fmt_ratio(unpadded)}"
+        )
+    if not findings:
+        return []
+    return [f"Padding at export, at batch {batch}: " + "; ".join(findings) + "."]
 
 
 def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> list[str]:
