@@ -281,3 +281,31 @@ def test_each_pruned_bar_gets_a_tick_at_the_unpruned_throughput_timed_with_it() 
         (120.0, row["pruned 90%"]),
         (120.0, row["pruned 90% + fine-tuned"]),
     }
+
+
+def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_the_export_ran() -> None:
+    from matplotlib.figure import Figure
+
+    prune_metrics = {
+        "0.5": {"macs_ratio": 1.75, "speedup_b1": 1.03, "speedup_b64": 1.14},
+        "0.9": {"macs_ratio": 2.73, "speedup_b1": 1.19, "speedup_b64": 1.16},
+    }
+    export_metrics = {"threads": 2, "finetuned_0.9": {"speedup_b1": 1.33, "speedup_b64": 1.58}}  # no 0.5 export
+    ax = Figure().subplots()
+    report._speedups(ax, prune_metrics, export_metrics)
+    bars = {
+        container.get_label(): [round(float(bar.get_width()), 2) for bar in container] for container in ax.containers
+    }
+    assert bars == {
+        "MACs ratio": [1.75, 2.73],
+        "eager, batch 1": [1.03, 1.19],
+        "eager, batch 64": [1.14, 1.16],
+        "ONNX Runtime, batch 1": [0.0, 1.33],
+        "ONNX Runtime, batch 64": [0.0, 1.58],
+    }
+    ax = Figure().subplots()
+    report._speedups(ax, prune_metrics, {})  # before the export stage has run: the prune stage's numbers only
+    assert [container.get_label() for container in ax.containers] == ["MACs ratio", "eager, batch 1", "eager, batch 64"]
+    # and the figure's text says it at the largest batch timed
+    assert report._exported_speedup(export_metrics["finetuned_0.9"]) == " and 1.58× exported to ONNX Runtime (batch 64)"
+    assert report._exported_speedup(None) == ""

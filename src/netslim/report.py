@@ -336,9 +336,13 @@ def _bars(ax: Axes, names: list[str], values: list[float | None], colors: list[s
 
 
 def model_comparison(
-    rows: list[dict[str, Any]], prune_metrics: Mapping[str, Mapping[str, Any]], constraints: ConstraintsConfig
+    rows: list[dict[str, Any]],
+    prune_metrics: Mapping[str, Mapping[str, Any]],
+    constraints: ConstraintsConfig,
+    export_metrics: Mapping[str, Any] | None = None,
 ) -> Figure:
-    """Every model side by side, with the constraint lines and each pruned model's speedup against its MACs ratio."""
+    """Every model side by side, with the constraint lines and each pruned model's speedup against its MACs ratio
+    (measured in eager PyTorch by the prune stage, and in ONNX Runtime by the export stage when it has run)."""
     names = [r["model"] for r in rows]
     colors = [STAGE_COLORS.get(r["stage"], "tab:blue") for r in rows]
 
@@ -362,7 +366,7 @@ def model_comparison(
     for ax in (params, macs, b64):  # same models in the same order as the panel on their left
         ax.tick_params(labelleft=False)
     fig.suptitle("Unpruned (grey), pruned before fine-tuning (orange) and after fine-tuning (green)")
-    _speedups(speed, prune_metrics)
+    _speedups(speed, prune_metrics, export_metrics or {})
     return fig
 
 
@@ -396,16 +400,27 @@ def _reference_ticks(
         ax.legend(loc="lower right", fontsize=7)
 
 
-def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]]) -> None:
-    """Grouped bars per pruned model: the speedup its MACs promise, and the speedups measured at batch 1 and 64."""
+def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]], export_metrics: Mapping[str, Any]) -> None:
+    """Grouped bars per pruned model: the speedup its MACs promise, the speedups measured in eager PyTorch at batch 1
+    and 64 (prune stage), and those of its exported fine-tuned model in ONNX Runtime (export stage), if any.
+
+    Fine-tuning keeps the architecture, so the fine-tuned model's export stands for the pruned model's speed.
+    """
     labels = list(prune_metrics)
     y = np.arange(len(labels))[::-1]
-    series = (("macs_ratio", "MACs ratio", "tab:gray"), ("speedup_b1", "batch 1", "tab:blue"))
-    series += (("speedup_b64", "batch 64", "tab:purple"),)
+    exported = {label: export_metrics.get(f"finetuned_{label}") for label in labels}
+    series = [
+        ("MACs ratio", "tab:gray", [number(prune_metrics[label], "macs_ratio") for label in labels]),
+        ("eager, batch 1", "tab:blue", [number(prune_metrics[label], "speedup_b1") for label in labels]),
+        ("eager, batch 64", "tab:purple", [number(prune_metrics[label], "speedup_b64") for label in labels]),
+    ]
+    for batch, color in ((1, "tab:cyan"), (64, "tab:pink")):
+        values = [number(m, f"speedup_b{batch}") if isinstance(m, Mapping) else None for m in exported.values()]
+        if any(v is not None for v in values):
+            series.append((f"ONNX Runtime, batch {batch}", color, values))
     height = 0.8 / len(series)
-    for i, (key, name, color) in enumerate(series):
-        values = [number(prune_metrics[label], key) for label in labels]
-        offsets = y + (1 - i) * height
+    for i, (name, color, values) in enumerate(series):
+        offsets = y + ((len(series) - 1) / 2 - i) * height
         ax.barh(offsets, [v or 0 for v in values], height=height, color=color, label=name)
         for yi, v in zip(offsets, values, strict=True):
             ax.text(v or 0, yi, f" {fmt_ratio(v)}", va="center", fontsize=7)
@@ -414,7 +429,7 @@ def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]]) -> None:
     ax.set(title="Speedup: MACs ratio vs measured", xlabel="× the unpruned model")
     ax.margins(x=0.25)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7)  # below: no bar or label hidden
 
 
 def figures(inputs: ReportInputs, config: Config) -> dict[str, Figure]:
@@ -435,7 +450,7 @@ def figures(inputs: ReportInputs, config: Config) -> dict[str, Figure]:
             config.constraints.min_accuracy,
         ),
         "model_comparison.png": model_comparison(
-            list(summary_rows(inputs, config).values()), inputs.prune_metrics, config.constraints
+            list(summary_rows(inputs, config).values()), inputs.prune_metrics, config.constraints, inputs.export_metrics
         ),
     }
     return {name: built[name] for name in FIGURES}
@@ -807,7 +822,8 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
             f"({_points(tuned.get('test_acc'), reference.get('test_acc'))} against "
             f"{reference.get('model', 'unpruned')}) "
             f"with {fmt_ratio(number(m, 'params_ratio'))} fewer parameters and {fmt_ratio(number(m, 'macs_ratio'))} "
-            f"fewer MACs, measured {fmt_ratio(number(m, 'speedup_b64'))} faster at batch 64"
+            f"fewer MACs, measured {fmt_ratio(number(m, 'speedup_b64'))} faster at batch 64 in eager PyTorch"
+            + _exported_speedup(inputs.export_metrics.get(f"finetuned_{label}"))
         )
     texts["model_comparison.png"] = (
         "Every model side by side with the constraint lines (grey: unpruned, orange: pruned, green: fine-tuned). "
@@ -815,6 +831,15 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         + "."
     )
     return texts
+
+
+def _exported_speedup(metrics: Any) -> str:
+    """ ", {speedup}× exported (ONNX Runtime)" at the largest timed batch, or "" without an export."""
+    if not isinstance(metrics, Mapping):
+        return ""
+    batches = _batch_sizes({"model": metrics})
+    speedup = number(metrics, f"speedup_b{batches[-1]}") if batches else None
+    return "" if speedup is None else f" and {fmt_ratio(speedup)} exported to ONNX Runtime (batch {batches[-1]})"
 
 
 def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, Any]]) -> str:
