@@ -114,9 +114,6 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
     return folded
 
 
-# ---- ONNX export and ONNX Runtime -------------------------------------------------------------
-
-
 # ---- channel padding ---------------------------------------------------------------------------
 
 
@@ -147,6 +144,9 @@ def pad_channels(model: nn.Module, multiple: int) -> nn.Module:
         state[key] = value
     padded.load_state_dict(state)
     return padded.eval()
+
+
+# ---- ONNX export and ONNX Runtime -------------------------------------------------------------
 
 
 def onnx_model(model: nn.Module, metadata: Mapping[str, str] | None = None, opset: int = OPSET) -> onnx.ModelProto:
