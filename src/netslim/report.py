@@ -640,9 +640,7 @@ def _width_findings(rows: Mapping[str, Mapping[str, Any]], batch: int) -> list[s
             f"{model_name(label, finetuned=False)} runs {fmt_ratio(speedups[0])} with plain widths and "
             f"{fmt_ratio(speedups[1])} with widths rounded to {fmt_int(number(rounded[0], 'round_to'))}"
         )
-    if not findings:
-        return []
-    return [f"In this run, at batch {batch} against the exported unpruned model: " + "; ".join(findings) + "."]
+    return _sentence(f"In this run, at batch {batch} against the exported unpruned model: ", findings)
 
 
 def _padding_findings(
@@ -665,9 +663,12 @@ def _padding_findings(
             f"{model_name(label, finetuned=True)} runs {fmt_ratio(padded)} padded to {pad_to}, where its widths "
             f"unpadded ran {fmt_ratio(unpadded)}"
         )
-    if not findings:
-        return []
-    return [f"Padding at export, at batch {batch}: " + "; ".join(findings) + "."]
+    return _sentence(f"Padding at export, at batch {batch}: ", findings)
+
+
+def _sentence(opening: str, findings: list[str]) -> list[str]:
+    """The findings as one sentence after `opening`, as a paragraph of report.md; none without findings."""
+    return [opening + "; ".join(findings) + "."] if findings else []
 
 
 def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> list[str]:
