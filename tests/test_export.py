@@ -112,6 +112,7 @@ def test_padding_rounds_each_pruned_width_up_within_the_layer_and_computes_exact
     with torch.no_grad():
         torch.testing.assert_close(padded(x), pruned(x), atol=1e-5, rtol=0)
     assert pad_channels(unpruned, 8).cfg == unpruned.cfg  # an unpruned layer is never widened past itself
+    assert pad_channels(pruned, None) is pruned  # export.pad_to: null exports the widths as pruned
 
 
 @pytest.fixture(scope="module")

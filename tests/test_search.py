@@ -337,6 +337,13 @@ def heartbeats(root: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
 
 
+def heartbeat_times(root: Path) -> tuple:
+    """The heartbeat rows and the database's clock, which Optuna compares with the grace period: for messages."""
+    with contextlib.closing(sqlite3.connect(root / "reports/search/study.db")) as db:
+        rows = db.execute("SELECT * FROM trial_heartbeats").fetchall()
+        return rows, db.execute("SELECT CURRENT_TIMESTAMP").fetchone()
+
+
 def running_trials(root: Path) -> list:
     if not (root / "reports/search/study.db").is_file():
         return []
@@ -367,7 +374,8 @@ def test_a_killed_worker_leaves_its_trial_failed_not_running(tmp_path, fmnist_di
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    assert study_of(root).trials[0].state == TrialState.RUNNING
+    states = [(t.state, t.datetime_start) for t in study_of(root).trials]
+    assert states[0][0] == TrialState.RUNNING, (states, heartbeat_times(root))
     time.sleep(3)  # past the grace period of 2 heartbeats
 
     cwd = Path.cwd()
@@ -377,7 +385,10 @@ def test_a_killed_worker_leaves_its_trial_failed_not_running(tmp_path, fmnist_di
     finally:
         os.chdir(cwd)
     trials = study_of(root).trials
-    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert [t.state for t in trials] == [TrialState.FAIL], (
+        [(t.state, t.datetime_start) for t in trials],
+        heartbeat_times(root),
+    )
     assert rows_of(root)[0]["reason"] == LOST_WORKER
 
 

@@ -402,7 +402,7 @@ def test_one_registered_model_holds_every_finetuned_version_and_champion_is_the_
 
 
 @pytest.mark.slow
-def test_report_logs_its_summary_as_a_table_and_figures_not_metrics(tracked, tracking_uri_env):
+def test_report_logs_its_summary_as_a_table_and_figures_not_metrics(tracked, tracking_uri_env, tmp_path):
     import mlflow
 
     report = tracked.runs["report"]
@@ -414,7 +414,13 @@ def test_report_logs_its_summary_as_a_table_and_figures_not_metrics(tracked, tra
     assert [row["model"] for row in table] == [row["model"] for row in summary]
     assert [row["num_params"] for row in table] == [float(row["num_params"]) for row in summary]
     figures = mlflow.artifacts.list_artifacts(run_id=report.info.run_id, artifact_path="figures")
-    assert {Path(f.path).name for f in figures} == {p.name for p in (tracked.project / "reports/figures").iterdir()}
+    written = {p.name: p for p in (tracked.project / "reports/figures").iterdir()}
+    assert {Path(f.path).name for f in figures} == set(written)
+    first = sorted(written)[0]  # the run holds the very PNG the report links to, not a second rendering
+    logged_png = mlflow.artifacts.download_artifacts(
+        run_id=report.info.run_id, artifact_path=f"figures/{first}", dst_path=str(tmp_path), tracking_uri=tracked.uri
+    )
+    assert Path(logged_png).read_bytes() == written[first].read_bytes()
 
 
 @pytest.mark.slow

@@ -117,9 +117,10 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
 # ---- channel padding ---------------------------------------------------------------------------
 
 
-def pad_channels(model: nn.Module, multiple: int) -> nn.Module:
+def pad_channels(model: nn.Module, multiple: int | None) -> nn.Module:
     """A copy of a pruned `model` whose prunable layers have channel counts rounded up to a multiple of `multiple`
     (never past the layer's unpruned width), the added channels all zero: it computes exactly what `model` does.
+    `multiple` None (export.pad_to: null) returns `model` itself, unpadded.
 
     Why: ONNX Runtime's blocked (NCHWc) convolutions work on 8 channels at a time on AVX2 CPUs; a pruned model's
     odd widths fall back to plain kernels and lose most of what pruning saved (measured on the demo's 50% model:
@@ -128,6 +129,8 @@ def pad_channels(model: nn.Module, multiple: int) -> nn.Module:
     Exact because an added channel's filters are zero and its BatchNorm has γ = β = 0 (it emits 0 whatever comes
     in; running variance 1), so it is 0 after the ReLU, and the layer after it has zero weights on it.
     """
+    if multiple is None:
+        return model
     entry = architecture(model.arch)
     unpruned = dict(entry.build(model.num_classes, None, model.width).named_modules())
     layers = dict(model.named_modules())
@@ -373,7 +376,7 @@ LATENCY_GRID = 100  # candidate ratios k/100: a 1% step is finer than timing noi
 def exported_latency_ms(model: nn.Module, threads: int, pad_to: int | None = None) -> float:
     """Batch-1 milliseconds of `model` exported (padded to multiples of `pad_to`, as the export stage pads it) and
     run in ONNX Runtime with `threads` threads (`latency_ms`)."""
-    return latency_ms(ort_session(onnx_model(pad_channels(model, pad_to) if pad_to else model), threads))
+    return latency_ms(ort_session(onnx_model(pad_channels(model, pad_to)), threads))
 
 
 def ratio_for_latency(

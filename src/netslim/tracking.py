@@ -293,9 +293,6 @@ class Tracker:
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call(f"log_artifact({path})", lambda: self._mlflow.log_artifact(str(path), artifact_path))
 
-    def figure(self, figure: Any, filename: str) -> None:
-        self._call(f"log_figure({filename})", lambda: self._mlflow.log_figure(figure, filename))
-
     def table(self, rows: list[dict[str, Any]], filename: str) -> None:
         """Rows as an MLflow table (the UI's artifact view shows it as one; mlflow.load_table reads it)."""
         import pandas as pd

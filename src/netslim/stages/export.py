@@ -131,7 +131,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         exported, metrics = {}, {}
         for name, model in models.items():  # each checked right after its export: a wrong file stops the stage early
             info = metadata | {"model": name, "arch": model.arch, "cfg": json.dumps(model.cfg)}
-            graph = pad_channels(model, e.pad_to) if e.pad_to else model
+            graph = pad_channels(model, e.pad_to)
             if e.pad_to:
                 info |= {"padded_to": str(e.pad_to), "padded_cfg": json.dumps(graph.cfg)}
             proto, deployable = exported[name] = _deployable(model, info, threads, graph)

@@ -115,8 +115,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         write_csv(out / "summary.csv", list(rows.values()))
         write_json(out / "summary.json", metrics)
         atomic_write_text(out / "report.md", text)  # last: its links point at the files above
-        for name, fig in figures.items():
-            tracker.figure(fig, f"figures/{name}")
+        for name in pngs:  # the files just written: log_figure would render every figure a second time (3 s)
+            tracker.artifact(out / "figures" / name, "figures")
         tracker.table(list(rows.values()), "summary.json")
         tracker.artifact(out / "report.md")
         tracker.artifact(out / "summary.csv")
