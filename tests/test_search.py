@@ -331,14 +331,9 @@ def test_search_stage_runs_only_when_its_dvc_yaml_is_named(tmp_path, fmnist_dir)
     assert [t.datetime_start for t in study_of(repo).trials] == started and len(rows_of(repo)) == 2
 
 
-def heartbeats(root: Path) -> int:
-    """How many trials of the search's SQLite study have recorded a heartbeat (Optuna's trial_heartbeats table)."""
-    with contextlib.closing(sqlite3.connect(root / "reports/search/study.db")) as db:
-        return db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
-
-
 def heartbeat_times(root: Path) -> tuple:
-    """The heartbeat rows and the database's clock, which Optuna compares with the grace period: for messages."""
+    """The search's SQLite study's heartbeat rows (Optuna's trial_heartbeats) and the database's clock, which Optuna
+    compares with them against the grace period."""
     with contextlib.closing(sqlite3.connect(root / "reports/search/study.db")) as db:
         rows = db.execute("SELECT * FROM trial_heartbeats").fetchall()
         return rows, db.execute("SELECT CURRENT_TIMESTAMP").fetchone()
@@ -363,9 +358,13 @@ def test_a_killed_worker_leaves_its_trial_failed_not_running(tmp_path, fmnist_di
     )
     try:
         deadline = time.monotonic() + 300
+
         # Killed before its first heartbeat, a trial would stay RUNNING: Optuna fails only trials whose heartbeat
         # went stale, and one without any has none to go stale (seen once under load in a full suite).
-        while time.monotonic() < deadline and worker.poll() is None and not (running_trials(root) and heartbeats(root)):
+        def beating() -> bool:
+            return bool(running_trials(root) and heartbeat_times(root)[0])
+
+        while time.monotonic() < deadline and worker.poll() is None and not beating():
             time.sleep(0.5)
         assert worker.poll() is None, worker.stderr.read().decode()[-2000:]
         worker.kill()  # SIGKILL mid-trial: no chance to tell the storage anything
