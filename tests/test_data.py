@@ -269,6 +269,57 @@ def test_fashion_mnist_pads_and_repeats_channels(tmp_path, compress):
     assert load_prepared(tmp_path / "out").classes == classes
 
 
+def test_image_size_scales_every_split_down_by_area_and_is_checked_on_load(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    prepare(cifar_config(None, val_size=10), 0, tmp_path, tmp_path / "p32")
+    meta = prepare(cifar_config(None, val_size=10, image_size=16), 0, tmp_path, tmp_path / "p16")
+    full, small = load_prepared(tmp_path / "p32"), load_prepared(tmp_path / "p16", "cifar10", 16)
+    assert meta["image_size"] == small.image_size == 16 and small.image_shape == (3, 16, 16)
+    for name in ("train", "val", "test"):
+        big, little = getattr(full, name), getattr(small, name)
+        assert little.images.shape == (len(big), 16, 16, 3) and torch.equal(little.labels, big.labels)
+        # each pixel is the rounded mean of the 2×2 block it covers (same seed: the same images in each split)
+        blocks = big.images.double().unflatten(1, (16, 2)).unflatten(3, (16, 2)).mean(dim=(2, 4))
+        assert (little.images.double() - blocks).abs().max() <= 0.5
+    assert meta["mean"] == pytest.approx(list(small.mean)) and small.mean[0] == pytest.approx(full.mean[0], abs=0.01)
+
+    with pytest.raises(DataError, match=r"meta\.json: the prepared images are 16x16 but data.image_size is 32; "):
+        load_prepared(tmp_path / "p16", "cifar10", 32)
+    assert load_prepared(tmp_path / "p32", None, 32).image_shape == (3, 32, 32)
+    # a folder prepared before the key existed holds 32×32 images
+    meta32 = json.loads((tmp_path / "p32" / "meta.json").read_text())
+    del meta32["image_size"]
+    (tmp_path / "p32" / "meta.json").write_text(json.dumps(meta32))
+    assert load_prepared(tmp_path / "p32", None, 32).image_size == 32
+
+
+def test_fashion_mnist_scaled_down_is_its_28x28_image_scaled_without_the_padding(tmp_path):
+    raw = write_fmnist(tmp_path / "fm")
+    prepare(fmnist_config(tmp_path / "fm", val_size=5, image_size=14), 0, tmp_path, tmp_path / "p14")
+    test = load_prepared(tmp_path / "p14").test.images  # the test split keeps the file's order
+    original = torch.from_numpy(raw["t10k"][0]).double()
+    expected = original.unflatten(1, (14, 2)).unflatten(3, (14, 2)).mean(dim=(2, 4))  # 28 -> 14: 2×2 means
+    assert test.shape == (8, 14, 14, 3) and (test[..., 0].double() - expected).abs().max() <= 0.5
+    assert test[:, 0].gt(0).all()  # the images have no zero pixel: a first row from the zero padding would show
+
+
+def test_resize_images_keeps_a_constant_image_and_leaves_the_right_size_alone():
+    flat = torch.full((2, 32, 32, 3), 77, dtype=torch.uint8)
+    assert torch.equal(data_mod.resize_images(flat, 12), torch.full((2, 12, 12, 3), 77, dtype=torch.uint8))
+    images = random_images(3)
+    assert data_mod.resize_images(images, 32) is images
+
+
+def test_augmentation_pads_an_eighth_of_a_smaller_image():
+    images = torch.randint(0, 256, (400, 16, 16, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = random_crop_flip(images, torch.Generator().manual_seed(3))
+    assert out.shape == images.shape
+    # a shift of at most 2 pixels (16 // 8): rows 2..13 of every crop come from the image, never from the padding
+    rows_from_padding = [(img[2:14] == 0).all(dim=(1, 2)).any().item() for img in out]
+    assert not any(rows_from_padding)
+    assert any((img[:2] == 0).all() for img in out)  # and some crops do shift by 2 rows into the zero padding
+
+
 @pytest.mark.skipif(not FASHION_MNIST_DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
 def test_debian_fashion_mnist(tmp_path):
     train, test, _ = load_fashion_mnist(None, tmp_path, download=False)

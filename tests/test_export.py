@@ -25,6 +25,7 @@ from netslim.export import (
     conv_bn_pairs,
     fold_batchnorms,
     fold_conv_bn,
+    input_shape,
     latency_ms,
     max_abs_difference,
     onnx_model,
@@ -182,6 +183,24 @@ def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None
 def test_latency_is_a_positive_number_of_milliseconds(exported) -> None:
     _, vgg = exported["vgg19"]
     assert 0 < latency_ms(vgg.session, repeats=3, warmup=1) < 10_000
+
+
+def test_smaller_images_are_exported_timed_and_counted_at_their_own_size() -> None:
+    """data.image_size 16: the graph takes 16×16 inputs, and timing and MACs read that size from the session."""
+    small = {"reference": randomised("resnet50", 0.125), "pruned": prune(randomised("resnet50", 0.125), 0.5).model}
+    pair = {}
+    for name, model in small.items():
+        session = ort_session(onnx_model(model, image_shape=(3, 16, 16)), threads=1)
+        assert input_shape(session) == (3, 16, 16)
+        x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            np.testing.assert_allclose(ort_logits(session, x), model(x).numpy(), atol=1e-4, rtol=0)
+        pair[name] = Deployable(model, session)
+    assert 0 < latency_ms(pair["pruned"].session, repeats=2, warmup=0) < 10_000
+    (row,) = speed_rows(pair["reference"], pair["pruned"], threads=1, batch_sizes=(2,), repeats=1, warmup=0)
+    at16 = [count_macs(pair[k].model, (1, 3, 16, 16)) for k in ("reference", "pruned")]
+    assert at16[0] < count_macs(pair["reference"].model)  # a quarter of the pixels: fewer MACs than at 32×32
+    assert row["macs_ratio"] == at16[0] / at16[1] and row["speedup"] > 0
 
 
 # ---- the latency budget -----------------------------------------------------------------------

@@ -108,6 +108,9 @@ class DataConfig:
     val_size: int = 5000  # held out of the training set; λ and lr are chosen on it
     train_subset: int | None = None  # first N training images after the val split; None = all
     test_subset: int | None = None
+    # Prepared images are scaled down (area averaging) to this height and width; 32 = as read (Fashion-MNIST: its
+    # 28×28 images zero-padded to 32×32; smaller sizes scale the 28×28 image itself).
+    image_size: int = 32
 
 
 @dataclass(frozen=True)
@@ -386,6 +389,10 @@ def validate(c: Config) -> None:
     )
     _require(0 < c.model.width <= 4, f"model.width: {c.model.width} must be in (0, 4]")
     _require(c.data.val_size >= 0, f"data.val_size: {c.data.val_size} must be >= 0")
+    _require(
+        8 <= c.data.image_size <= 32,
+        f"data.image_size: {c.data.image_size} must be in 8..32 (32 = CIFAR-10's size; images are only scaled down)",
+    )
     for key in ("train_subset", "test_subset"):
         v = getattr(c.data, key)
         _require(v is None or v >= 1, f"data.{key}: {v} must be >= 1, or null for all images")

@@ -1,10 +1,11 @@
 """Datasets as uint8 tensors: reading CIFAR-10 and Fashion-MNIST, the prepared split files, augmentation.
 
 `prepare` reads a raw dataset once into N×32×32×3 uint8 tensors (Fashion-MNIST is zero-padded to 32×32
-and repeated to 3 channels), carves a seeded validation split out of the training set and writes
-{train,val,test}.pt plus meta.json. Training reads them with `load_prepared` in well under a second and
-augments whole batches on the device with `random_crop_flip`, which equals the per-image PIL recipe
-(Pad(4), random 32×32 crop, horizontal flip) of the seed experiment for the same offsets.
+and repeated to 3 channels), scales them down to `data.image_size` when that is smaller (area averaging),
+carves a seeded validation split out of the training set and writes {train,val,test}.pt plus meta.json.
+Training reads them with `load_prepared` in well under a second and augments whole batches on the device
+with `random_crop_flip`, which equals the per-image PIL recipe (Pad(4), random 32×32 crop, horizontal flip)
+of the seed experiment for the same offsets.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ FASHION_MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 SPLITS = ("train", "val", "test")
-SIZE = 32  # every prepared image is SIZE×SIZE×3
+FASHION_MNIST_BORDER = 2  # Fashion-MNIST's 28×28 images are read zero-padded by this much to SIZE×SIZE
+SIZE = 32  # every raw image is read as SIZE×SIZE×3 (CIFAR-10's size); `data.image_size` may scale it down
 
 _CIFAR10_WAYS = (
     "set data.cifar10_path to a cifar-10-batches-py folder or cifar-10-python.tar.gz, "
@@ -58,7 +60,7 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """One split: uint8 N×32×32×3 (NHWC) images and int64 labels."""
+    """One split: uint8 N×S×S×3 (NHWC) images (S = `data.image_size`, 32 by default) and int64 labels."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -82,6 +84,12 @@ class PreparedData:
     num_classes: int
     dataset: str
     classes: list[str]
+    image_size: int = SIZE  # height = width of every image
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one model input, for MACs, timing and export."""
+        return (3, self.image_size, self.image_size)
 
     def to(self, device: torch.device | str) -> PreparedData:
         return dataclasses.replace(
@@ -251,7 +259,8 @@ def _read_idx_images(path: Path) -> torch.Tensor:
         raise DataError(f"{path}: images are {h}x{w}, Fashion-MNIST's are 28x28")
     grey = torch.frombuffer(data, dtype=torch.uint8, offset=16).view(n, h, w)
     out = torch.zeros(n, SIZE, SIZE, dtype=torch.uint8)
-    out[:, 2:30, 2:30] = grey
+    b = FASHION_MNIST_BORDER
+    out[:, b : SIZE - b, b : SIZE - b] = grey
     return out.unsqueeze(-1).expand(n, SIZE, SIZE, 3).contiguous()
 
 
@@ -364,6 +373,9 @@ def prepare(data: DataConfig, seed: int, raw_root: str | Path, out_dir: str | Pa
         "train": _take(train_full, order[data.val_size :][: data.train_subset]),  # [:None] keeps all
         "test": _take(test, slice(data.test_subset)),
     }
+    # Scaled down, Fashion-MNIST's images are scaled from their own 28×28 pixels: the padding would only take pixels.
+    border = FASHION_MNIST_BORDER if data.dataset == "fashion-mnist" else 0
+    splits = {name: Split(resize_images(s.images, data.image_size, border), s.labels) for name, s in splits.items()}
     mean, std = channel_stats(splits["train"].images)
     meta = {
         "dataset": data.dataset,
@@ -374,6 +386,7 @@ def prepare(data: DataConfig, seed: int, raw_root: str | Path, out_dir: str | Pa
         "std": list(std),
         "seed": seed,
         "source": source,
+        "image_size": data.image_size,
     }
     # meta.json goes first out and last in: a crash between the writes leaves no meta.json, so
     # load_prepared refuses the half-written folder instead of mixing old and new splits.
@@ -384,15 +397,28 @@ def prepare(data: DataConfig, seed: int, raw_root: str | Path, out_dir: str | Pa
     return meta
 
 
+def resize_images(images: torch.Tensor, size: int, border: int = 0) -> torch.Tensor:
+    """uint8 N×H×W×C images scaled to N×size×size×C by area averaging (each output pixel the mean of the input
+    pixels it covers: 32 -> 16 averages 2×2 blocks), after cutting `border` pixels off each side; unchanged when
+    already that size."""
+    if images.shape[1:3] == (size, size):
+        return images
+    h, w = images.shape[1:3]
+    inner = images[:, border : h - border, border : w - border].permute(0, 3, 1, 2).float()
+    scaled = torch.nn.functional.interpolate(inner, size=(size, size), mode="area")
+    return scaled.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
 def _rerun(path: Path, problem: str) -> DataError:
     return DataError(f"{path}: {problem}; run `netslim prepare` to (re)build it")
 
 
-def load_prepared(out_dir: str | Path, dataset: str | None = None) -> PreparedData:
+def load_prepared(out_dir: str | Path, dataset: str | None = None, image_size: int | None = None) -> PreparedData:
     """The splits written by `prepare`, checked (dtype, shape, labels) before use.
 
     Args:
         dataset: `data.dataset` of the stage's params; data prepared from another dataset is refused.
+        image_size: `data.image_size` of the stage's params; data prepared at another size is refused.
     """
     out_dir = Path(out_dir)
     meta_path = out_dir / "meta.json"
@@ -403,6 +429,7 @@ def load_prepared(out_dir: str | Path, dataset: str | None = None) -> PreparedDa
         num_classes, classes = int(meta["num_classes"]), list(meta["classes"])
         mean, std = tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
         sizes, meta_dataset = meta["sizes"], str(meta["dataset"])
+        meta_size = int(meta.get("image_size", SIZE))  # folders prepared before the key existed are 32×32
         if len(mean) != 3 or len(std) != 3 or not isinstance(sizes, dict):
             raise ValueError("mean/std need 3 channels and sizes a mapping")
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -411,6 +438,11 @@ def load_prepared(out_dir: str | Path, dataset: str | None = None) -> PreparedDa
         raise DataError(
             f"{meta_path}: the prepared data is {meta_dataset} but data.dataset is {dataset}; "
             f"run `netslim prepare` (or `dvc repro`) to prepare {dataset}"
+        )
+    if image_size is not None and image_size != meta_size:
+        raise DataError(
+            f"{meta_path}: the prepared images are {meta_size}x{meta_size} but data.image_size is {image_size}; "
+            "run `netslim prepare` (or `dvc repro`) to prepare them at that size"
         )
 
     splits = {}
@@ -425,8 +457,11 @@ def load_prepared(out_dir: str | Path, dataset: str | None = None) -> PreparedDa
         images, labels = obj.get("images"), obj.get("labels")
         if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
             raise _rerun(path, "has no 'images'/'labels' tensors")
-        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (SIZE, SIZE, 3):
-            raise _rerun(path, f"images are {images.dtype} {tuple(images.shape)}, expected uint8 N x 32 x 32 x 3")
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (meta_size, meta_size, 3):
+            raise _rerun(
+                path,
+                f"images are {images.dtype} {tuple(images.shape)}, expected uint8 N x {meta_size} x {meta_size} x 3",
+            )
         if labels.dtype != torch.int64 or tuple(labels.shape) != (len(images),):
             raise _rerun(
                 path, f"labels are {labels.dtype} {tuple(labels.shape)}, expected int64 of length {len(images)}"
@@ -436,7 +471,15 @@ def load_prepared(out_dir: str | Path, dataset: str | None = None) -> PreparedDa
         if sizes.get(name) != len(labels):
             raise _rerun(path, f"{len(labels)} images but meta.json says {sizes.get(name)}; the folder is mixed up")
         splits[name] = Split(images, labels)
-    return PreparedData(**splits, mean=mean, std=std, num_classes=num_classes, dataset=meta_dataset, classes=classes)
+    return PreparedData(
+        **splits,
+        mean=mean,
+        std=std,
+        num_classes=num_classes,
+        dataset=meta_dataset,
+        classes=classes,
+        image_size=meta_size,
+    )
 
 
 # ---- augmentation and normalisation -----------------------------------------------------------
@@ -455,12 +498,14 @@ def crop_flip_params(
     return offsets[0], offsets[1], flip
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int | None = None) -> torch.Tensor:
     """Zero-pad by `pad`, crop back to the original size at random offsets, flip half: uint8 NHWC in and out.
 
+    `pad` defaults to an eighth of the height: the seed recipe's 4 pixels of a 32×32 image, 2 of a 16×16 one.
     The whole batch is done by one advanced-indexing gather on the images' device.
     """
     n, h, w, c = images.shape
+    pad = max(1, h // 8) if pad is None else pad
     top, left, flip = (_to_device(t, images.device) for t in crop_flip_params(n, generator, pad, h))
     padded = images.new_zeros(n, h + 2 * pad, w + 2 * pad, c)
     padded[:, pad : pad + h, pad : pad + w] = images

@@ -26,7 +26,7 @@ from torch import fx, nn
 from netslim.config import PruneConfig
 from netslim.data import Split, normalize
 from netslim.io import atomic_write_bytes
-from netslim.measure import count_macs, interleaved_seconds, interleaved_throughput
+from netslim.measure import IMAGE_SHAPE, count_macs, interleaved_seconds, interleaved_throughput
 from netslim.models import memory_format, unwrap
 from netslim.models.registry import architecture
 from netslim.slimming.surgery import prune, ratio_for_budget
@@ -152,15 +152,21 @@ def pad_channels(model: nn.Module, multiple: int | None) -> nn.Module:
 # ---- ONNX export and ONNX Runtime -------------------------------------------------------------
 
 
-def onnx_model(model: nn.Module, metadata: Mapping[str, str] | None = None, opset: int = OPSET) -> onnx.ModelProto:
+def onnx_model(
+    model: nn.Module,
+    metadata: Mapping[str, str] | None = None,
+    opset: int = OPSET,
+    image_shape: Sequence[int] = IMAGE_SHAPE,
+) -> onnx.ModelProto:
     """`model` with its BatchNorms folded, exported by torch.export (dynamo) with a dynamic batch, checked.
 
     Args:
-        model: a CPU float32 model of 3×32×32 images (left unchanged).
+        model: a CPU float32 model (left unchanged).
         metadata: strings stored in the file (e.g. the normalisation mean and std).
+        image_shape: (channels, height, width) of one input, fixed in the graph (`PreparedData.image_shape`).
     """
     folded = fold_batchnorms(model).cpu().float()
-    example = torch.zeros(EXAMPLE_BATCH, 3, 32, 32)
+    example = torch.zeros(EXAMPLE_BATCH, *image_shape)
     program = torch.onnx.export(
         folded,
         (example,),
@@ -273,7 +279,7 @@ def _runners(
     Eager PyTorch runs in the layout `runtime.channels_last` asks for, as the prune stage times it (NHWC: 1.6×
     faster evaluation of the demo's ResNet-50 on a 2-core CPU), so the export is compared with PyTorch at its best.
     """
-    x = torch.randn(batch_size, 3, 32, 32)
+    x = torch.randn(batch_size, *input_shape(model.session))
     feeds = {INPUT_NAME: x.numpy()}
     layout = memory_format(channels_last)
     eager = copy.deepcopy(unwrap(model.model)).cpu().eval().to(memory_format=layout)
@@ -316,7 +322,8 @@ def speed_rows(
     ratio it realises; with `eager`, `eager_speedup` is the same in eager PyTorch and `onnx_over_eager` what
     the export gains for the pruned model; `channels_last` is the eager runs' layout (`runtime.channels_last`).
     """
-    macs_ratio = count_macs(reference.model) / count_macs(pruned.model)
+    size = (1, *input_shape(reference.session))
+    macs_ratio = count_macs(reference.model, size) / count_macs(pruned.model, size)
     restore = _threads(threads)
     rows = []
     try:
@@ -361,9 +368,15 @@ def onnx_accuracy(
     return correct / max(1, len(split))
 
 
+def input_shape(session: ort.InferenceSession) -> tuple[int, ...]:
+    """(channels, height, width) of one image as the exported graph fixes them (its batch is dynamic)."""
+    return tuple(int(d) for d in session.get_inputs()[0].shape[1:])
+
+
 def latency_ms(session: ort.InferenceSession, repeats: int = 30, warmup: int = 5) -> float:
     """Median milliseconds of one batch-1 forward pass in ONNX Runtime (median: robust to a busy machine)."""
-    feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)}
+    shape = (1, *input_shape(session))
+    feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
     (seconds,) = interleaved_seconds([lambda: session.run([OUTPUT_NAME], feeds)], repeats, warmup)
     return 1000 * float(np.median(seconds))
 
@@ -373,10 +386,12 @@ def latency_ms(session: ort.InferenceSession, repeats: int = 30, warmup: int = 5
 LATENCY_GRID = 100  # candidate ratios k/100: a 1% step is finer than timing noise tells apart
 
 
-def exported_latency_ms(model: nn.Module, threads: int, pad_to: int | None = None) -> float:
+def exported_latency_ms(
+    model: nn.Module, threads: int, pad_to: int | None = None, image_shape: Sequence[int] = IMAGE_SHAPE
+) -> float:
     """Batch-1 milliseconds of `model` exported (padded to multiples of `pad_to`, as the export stage pads it) and
-    run in ONNX Runtime with `threads` threads (`latency_ms`)."""
-    return latency_ms(ort_session(onnx_model(pad_channels(model, pad_to)), threads))
+    run in ONNX Runtime with `threads` threads (`latency_ms`) on images of `image_shape`."""
+    return latency_ms(ort_session(onnx_model(pad_channels(model, pad_to), image_shape=image_shape), threads))
 
 
 def ratio_for_latency(
@@ -430,7 +445,11 @@ def ratio_for_latency(
 
 
 def budget_ratio(
-    model: nn.Module, prune_config: PruneConfig, threads: int | None = None, pad_to: int | None = None
+    model: nn.Module,
+    prune_config: PruneConfig,
+    threads: int | None = None,
+    pad_to: int | None = None,
+    image_shape: Sequence[int] = IMAGE_SHAPE,
 ) -> float:
     """The smallest ratio whose pruned model meets every budget set in `prune_config`.
 
@@ -446,7 +465,7 @@ def budget_ratio(
     ratio, _ms = ratio_for_latency(
         model,
         p.target_latency_ms,
-        lambda m: exported_latency_ms(m, threads, pad_to),
+        lambda m: exported_latency_ms(m, threads, pad_to, image_shape),
         p.min_channels,
         p.round_to,
         lowest=ratio,

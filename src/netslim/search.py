@@ -312,7 +312,7 @@ def train_prune_finetune(ctx: Context, trial: optuna.Trial, lam: float, lr: floa
     trial.set_user_attr("sparse_cached", cached)
     pruned = prune_configured(sparse, ctx.data, config, ctx.device, config.search.ratio)
     model = pruned.model
-    summary = model_summary(model)
+    summary = model_summary(model, (1, *ctx.data.image_shape))
     trial.set_user_attr("params", summary["params"])
     trial.set_user_attr("macs", summary["macs"])
     trial.set_user_attr("flops", summary["flops"])
@@ -690,7 +690,7 @@ def search(config: Config) -> dict[str, Any]:
     layout = Layout(config.paths)
     set_deterministic(config.experiment.deterministic)
     device = resolve_device(config.experiment.device)
-    data = load_prepared(layout.prepared, config.data.dataset)
+    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     if len(data.val) == 0:
         raise ConfigError(
             "data.val_size: 0 leaves no validation images; the search chooses λ and lr on held-out data, "

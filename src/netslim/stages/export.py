@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Sequence
 
 import onnx
 import torch
@@ -63,11 +64,15 @@ def _ratios(unpruned: dict[str, float], pruned: dict[str, float]) -> dict[str, f
 
 
 def _deployable(
-    model: nn.Module, metadata: dict[str, str], threads: int, graph: nn.Module | None = None
+    model: nn.Module,
+    metadata: dict[str, str],
+    threads: int,
+    image_shape: Sequence[int],
+    graph: nn.Module | None = None,
 ) -> tuple[onnx.ModelProto, Deployable]:
     """The ONNX export of `graph` (default: `model`) and its session, paired with `model`: the PyTorch side of every
     check, of the eager timing and of the MACs ratio is the model as pruned, whatever its export's widths are."""
-    proto = onnx_model(model if graph is None else graph, metadata)
+    proto = onnx_model(model if graph is None else graph, metadata, image_shape=image_shape)
     return proto, Deployable(model, ort_session(proto, threads))
 
 
@@ -82,7 +87,8 @@ def compare_widths(
     """
     p, e = config.prune, config.export
     ratios = [r for r in p.ratios if r != BUDGET]
-    reference_summary = model_summary(reference.model)
+    size = (1, *data.image_shape)
+    reference_summary = model_summary(reference.model, size)
     results: dict[str, dict[str, float]] = {}
     for ratio in ratios:
         variants = {
@@ -95,10 +101,10 @@ def compare_widths(
             _, accuracy = evaluate(
                 model, data.test, data.mean, data.std, CPU, config.runtime.eval_batch_size, amp=False
             )
-            _, pruned = _deployable(model, {}, threads)
+            _, pruned = _deployable(model, {}, threads, data.image_shape)
             check_matches(name, model, pruned.session, _check_images(data, config), e.atol)
             rows = speed_rows(reference, pruned, threads, e.batch_sizes, e.repeats, eager=False)
-            summary = model_summary(model)
+            summary = model_summary(model, size)
             results[name] = {"round_to": round_to, "test_acc": accuracy} | summary | _ratios(reference_summary, summary)
             results[name] |= _flat(rows)
     return results
@@ -115,12 +121,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         f"finetuned_{ratio_label(r)}": layout.finetuned(r) for r in config.prune.ratios
     }
     models = {name: load_model(path).cpu().eval() for name, path in sources.items()}  # a bad file stops here
-    data = load_prepared(layout.prepared)
+    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
+    size = (1, *data.image_shape)
     e = config.export
     threads = e.threads or default_threads()
     check_images = _check_images(data, config)
     metadata = {
-        "input": "images: float32 NCHW, (pixel/255 - mean)/std per channel",
+        "input": f"images: float32 NCHW, N×{'×'.join(map(str, data.image_shape))}, (pixel/255 - mean)/std per channel",
         "mean": json.dumps(list(data.mean)),
         "std": json.dumps(list(data.std)),
         "classes": json.dumps(data.classes),
@@ -134,13 +141,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
             graph = pad_channels(model, e.pad_to)
             if e.pad_to:
                 info |= {"padded_to": str(e.pad_to), "padded_cfg": json.dumps(graph.cfg)}
-            proto, deployable = exported[name] = _deployable(model, info, threads, graph)
+            proto, deployable = exported[name] = _deployable(model, info, threads, data.image_shape, graph)
             metrics[name] = {
                 "max_abs_diff": check_matches(name, model, deployable.session, check_images, e.atol),
                 "onnx_test_acc": onnx_accuracy(deployable.session, data.test, data.mean, data.std),
                 "onnx_bytes": proto.ByteSize(),
-                "onnx_macs": count_macs(graph),  # what the exported graph computes, padding included
-            } | model_summary(model)
+                "onnx_macs": count_macs(graph, size),  # what the exported graph computes, padding included
+            } | model_summary(model, size)
         reference = exported[UNPRUNED][1]
         for name, (_, deployable) in exported.items():
             if name != UNPRUNED:

@@ -39,7 +39,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     checkpoint = load_checkpoint(source)
     model = model_from_checkpoint(checkpoint, source)
     model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
-    data = load_prepared(layout.prepared, config.data.dataset)
+    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     settings = fit_settings(config, config.finetune, sparsity_lambda=0.0)
     prov = checkpoint.get("provenance", {})
     tags = {"ratio": label, "lambda": str(prov.get("lambda", "")), "arch": model.arch, "dataset": config.data.dataset}
@@ -63,7 +63,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
         if not is_main_process():
             return 0
         result, best = tuned.fit, tuned.best
-        summary = model_summary(model)
+        summary = model_summary(model, (1, *data.image_shape))
         metrics = {
             "best_epoch": result.best_epoch,
             "val_acc": best["val_acc"],

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     device = resolve_device(config.experiment.device)
     source = layout.sparse_best(lam)
     sparse = load_model(source)
-    data = load_prepared(layout.prepared, config.data.dataset)
+    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     with tracking.stage_run(config, "prune", f"prune {_percent(label)}", **tags) as run:
         run.source(source)

@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     set_deterministic(config.experiment.deterministic)
     device = resolve_device(config.experiment.device)
-    data = load_prepared(layout.prepared, config.data.dataset)
+    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     settings = fit_settings(config, config.train, lam)
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}

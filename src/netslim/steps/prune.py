@@ -20,7 +20,7 @@ from torch import nn
 from netslim.config import BUDGET, Config, PruneConfig
 from netslim.data import PreparedData
 from netslim.engine import evaluate
-from netslim.measure import compare_models
+from netslim.measure import IMAGE_SHAPE, compare_models
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
 from netslim.slimming.surgery import PruneResult, prune
 
@@ -84,7 +84,9 @@ def pruned_variants(
     return variants
 
 
-def prune_by(sparse: nn.Module, config: Config, target: float | str) -> dict[str, float | int | None]:
+def prune_by(
+    sparse: nn.Module, config: Config, target: float | str, image_shape: tuple[int, ...] = IMAGE_SHAPE
+) -> dict[str, float | int | None]:
     """A --ratio value as surgery's keyword: a share of channels, or BUDGET for `prune.target_params` (and, with
     `prune.target_latency_ms`, the smallest ratio whose exported model meets that latency, measured)."""
     if target != BUDGET:
@@ -92,7 +94,8 @@ def prune_by(sparse: nn.Module, config: Config, target: float | str) -> dict[str
     if config.prune.target_latency_ms is not None:
         from netslim.export import budget_ratio  # ONNX Runtime is loaded only for a latency budget
 
-        return {"ratio": budget_ratio(sparse, config.prune, config.export.threads, config.export.pad_to)}
+        ratio = budget_ratio(sparse, config.prune, config.export.threads, config.export.pad_to, image_shape)
+        return {"ratio": ratio}
     return {"target_params": config.prune.target_params}
 
 
@@ -143,7 +146,7 @@ def prune_step(
 
     Throughput is timed by measure.py's one timer, under the `runtime` switches (see `measure.compare_models`).
     """
-    variants = pruned_variants(sparse, data, config, device, prune_by(sparse, config, target))
+    variants = pruned_variants(sparse, data, config, device, prune_by(sparse, config, target, data.image_shape))
     chosen = configured_variant(config.prune)
     result = variants[chosen]
     sparse = sparse.to(device)
@@ -157,6 +160,7 @@ def prune_step(
         device,
         batch_sizes=SPEED_BATCH_SIZES,
         repeats=config.runtime.throughput_repeats,
+        image_shape=data.image_shape,
         amp=config.runtime.amp,
         channels_last=config.runtime.channels_last,
     )
