@@ -46,6 +46,7 @@ def test_a_vgg_run_needs_one_changed_key(tmp_path):
         ({"data": {"dataset": "mnist"}}, "data.dataset: 'mnist'"),
         ({"data": {"image_size": 64}}, "data.image_size: 64 must be in 8..32"),
         ({"data": {"image_size": 4}}, "data.image_size: 4 must be in 8..32"),
+        ({"tracking": {"model_stages": ["export"]}}, "tracking.model_stages: 'export' has no model to log"),
         ({"finetune": {"milestones": [0.5, 1.5]}}, "past the last epoch"),
         ({"constraints": {"min_accuracy": 1.5}}, "constraints.min_accuracy"),
         ({"train": {"epochs": "ten"}}, "must be a whole number"),

@@ -4,6 +4,7 @@ budget, and the `netslim export` stage."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -18,9 +19,11 @@ from netslim.config import PruneConfig
 from netslim.export import (
     INPUT_NAME,
     OPSET,
+    SAMPLE_SECONDS,
     Deployable,
     ExportError,
     budget_ratio,
+    calls_per_sample,
     check_matches,
     conv_bn_pairs,
     fold_batchnorms,
@@ -178,6 +181,13 @@ def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None
         assert row["speedup_over_macs_ratio"] == pytest.approx(row["speedup"] / row["macs_ratio"])
     onnx_only = speed_rows(reference, pruned, threads=1, batch_sizes=(2,), repeats=1, warmup=0, eager=False)
     assert "eager_speedup" not in onnx_only[0] and onnx_only[0]["speedup"] > 0
+
+
+def test_a_timed_sample_covers_64_images_unless_fewer_calls_last_long_enough() -> None:
+    assert [calls_per_sample(b) for b in (1, 4, 64, 256)] == [64, 16, 1, 1]
+    assert calls_per_sample(1, seconds_per_call=0.008) == math.ceil(SAMPLE_SECONDS / 0.008) < 64  # eager at batch 1
+    assert calls_per_sample(1, seconds_per_call=1e-4) == 64  # fast calls: still about 64 images
+    assert calls_per_sample(1, seconds_per_call=5.0) == calls_per_sample(64, seconds_per_call=1e-4) == 1
 
 
 def test_latency_is_a_positive_number_of_milliseconds(exported) -> None:

@@ -538,6 +538,25 @@ def test_champion_goes_to_the_best_feasible_version_across_ratios(in_process_mlf
     assert client.get_logged_model(output.model_id).name == "finetuned-0_5"
 
 
+def test_only_the_stages_in_model_stages_log_their_model(in_process_mlflow, tiny_data):
+    from mlflow import MlflowClient
+
+    config = config_from_dict(
+        {"tracking": {"uri": in_process_mlflow, "experiment": "model-stages", "model_stages": ["finetune"]}}
+    )
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
+    for stage in ("train", "finetune"):
+        with tracking.stage_run(config, stage, f"{stage} run") as run:
+            run.model(model, tiny_data.test.images[:2], tiny_data.mean, tiny_data.std)
+        assert not run.lost, run.lost
+    client = MlflowClient(in_process_mlflow)
+    experiment = client.get_experiment_by_name("model-stages")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert runs["train run"].outputs.model_outputs == []
+    [output] = runs["finetune run"].outputs.model_outputs
+    assert client.get_logged_model(output.model_id).source_run_id == runs["finetune run"].info.run_id
+
+
 @pytest.mark.slow
 def test_server_lost_mid_run_does_not_stop_training(tmp_path):
     """The server is killed after the first epoch's metrics arrive; the stage still finishes, quickly, and warns."""

@@ -197,6 +197,9 @@ class RuntimeConfig:
     throughput_repeats: int = 5  # timed batches per measurement
 
 
+MODEL_STAGES = ("train", "prune", "finetune")  # the stages that have a model of their own to log
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
@@ -204,6 +207,9 @@ class TrackingConfig:
     uri: str | None = None  # MLFLOW_TRACKING_URI wins; None = sqlite:///mlflow.db in the project
     register_models: bool = True
     log_models: bool = True
+    # Which stages' runs log their model (pt2 via torch.export: 6-14 s a model on a 2-core CPU, the first in a
+    # process the slowest). The fine-tuned models are the ones registered; all are DVC outputs either way.
+    model_stages: tuple[str, ...] = MODEL_STAGES
 
 
 @dataclass(frozen=True)
@@ -457,6 +463,11 @@ def validate(c: Config) -> None:
         f"constraints.min_accuracy: {c.constraints.min_accuracy} must be in (0, 1], e.g. 0.90",
     )
     _require(c.constraints.max_params >= 1, f"constraints.max_params: {c.constraints.max_params} must be >= 1")
+    for stage in c.tracking.model_stages:
+        _require(
+            stage in MODEL_STAGES,
+            f"tracking.model_stages: {stage!r} has no model to log; list some of {', '.join(MODEL_STAGES)}, or []",
+        )
     _require(c.runtime.eval_batch_size >= 1, f"runtime.eval_batch_size: {c.runtime.eval_batch_size} must be >= 1")
     _require(c.runtime.throughput_repeats >= 1, "runtime.throughput_repeats: must be >= 1")
     s = c.search

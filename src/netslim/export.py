@@ -12,7 +12,10 @@ size, and returns `logits`; the mean and std are in the file's metadata.
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,9 +275,9 @@ def _threads(threads: int) -> Callable[[], None]:
 
 
 def _runners(
-    model: Deployable, batch_size: int, calls: int, channels_last: bool
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(ONNX Runtime, eager) runners, each doing `calls` forward passes of one random batch.
+    model: Deployable, batch_size: int, channels_last: bool
+) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """(ONNX Runtime, eager) runners, each doing as many forward passes of one random batch as it is told.
 
     Eager PyTorch runs in the layout `runtime.channels_last` asks for, as the prune stage times it (NHWC: 1.6×
     faster evaluation of the demo's ResNet-50 on a 2-core CPU), so the export is compared with PyTorch at its best.
@@ -285,20 +288,36 @@ def _runners(
     eager = copy.deepcopy(unwrap(model.model)).cpu().eval().to(memory_format=layout)
     x = x.contiguous(memory_format=layout)
 
-    def run_ort() -> None:
+    def run_ort(calls: int) -> None:
         for _ in range(calls):
             model.session.run([OUTPUT_NAME], feeds)
 
-    def run_eager() -> None:
+    def run_eager(calls: int) -> None:
         for _ in range(calls):
             eager(x)
 
     return run_ort, run_eager
 
 
-def calls_per_sample(batch_size: int, images: int = 64) -> int:
-    """Forward passes per timed sample, so that each covers about `images` images (timer noise small at batch 1)."""
-    return max(1, images // batch_size)
+SAMPLE_SECONDS = 0.1  # a timed sample of slow calls need not cover `images` images to be far above timer noise
+
+
+def calls_per_sample(batch_size: int, images: int = 64, seconds_per_call: float | None = None) -> int:
+    """Forward passes per timed sample: enough to cover about `images` images (timer noise small at batch 1), but
+    no more than make the sample last SAMPLE_SECONDS when one call takes `seconds_per_call` (eager PyTorch at batch 1:
+    about 12 calls of 8 ms instead of 64, which made eager timing two thirds of the export stage's time)."""
+    calls = max(1, images // batch_size)
+    if seconds_per_call is not None and seconds_per_call > 0:
+        calls = min(calls, max(1, math.ceil(SAMPLE_SECONDS / seconds_per_call)))
+    return calls
+
+
+def _seconds_of_one_call(run: Callable[[int], None]) -> float:
+    """How long one call of `run` takes, after a first (warm-up) call; only sizes the timed samples."""
+    run(1)
+    start = time.perf_counter()
+    run(1)
+    return time.perf_counter() - start
 
 
 def speed_rows(
@@ -329,13 +348,16 @@ def speed_rows(
     try:
         with torch.inference_mode():
             for batch_size in batch_sizes:
-                calls = calls_per_sample(batch_size)
                 (ort_ref, eager_ref), (ort_pruned, eager_pruned) = (
-                    _runners(m, batch_size, calls, channels_last) for m in (reference, pruned)
+                    _runners(m, batch_size, channels_last) for m in (reference, pruned)
                 )
-                ips = interleaved_throughput([ort_ref, ort_pruned], batch_size * calls, repeats, warmup)
-                if eager:
-                    ips += interleaved_throughput([eager_ref, eager_pruned], batch_size * calls, repeats, warmup)
+                calls = calls_per_sample(batch_size)
+                pair = [functools.partial(ort_ref, calls), functools.partial(ort_pruned, calls)]
+                ips = interleaved_throughput(pair, batch_size * calls, repeats, warmup)
+                if eager:  # sized by the slower, unpruned model's call
+                    calls = calls_per_sample(batch_size, seconds_per_call=_seconds_of_one_call(eager_ref))
+                    pair = [functools.partial(eager_ref, calls), functools.partial(eager_pruned, calls)]
+                    ips += interleaved_throughput(pair, batch_size * calls, repeats, warmup)
                 row = {
                     "batch_size": int(batch_size),
                     "onnx_images_per_s": ips[1],

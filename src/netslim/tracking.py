@@ -526,7 +526,8 @@ def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, *
         active = mlflow.start_run(run_name=run_name, tags=all_tags, nested=nested)
     except Exception as e:  # noqa: BLE001 - whatever the store raises, the stage must stop here with the URI
         raise TrackingError(f"MLflow tracking URI {uri}: cannot start a run ({_first_line(e)})") from None
-    tracker = Tracker(mlflow, config.tracking.log_models, config.tracking.register_models, uri, all_tags)
+    log_models = config.tracking.log_models and stage in config.tracking.model_stages
+    tracker = Tracker(mlflow, log_models, config.tracking.register_models, uri, all_tags)
     tracker.run_id = active.info.run_id
     if spec is not None:
         tracker.params(stage_params(spec, config))
