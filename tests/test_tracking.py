@@ -748,7 +748,13 @@ def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow
     # dvc.yaml's finetune params: whole sections (every key of their config class) and single keys.
     sections = {"finetune": FinetuneConfig, "constraints": ConstraintsConfig}
     whole = {f"{name}.{f.name}" for name, cls in sections.items() for f in fields(cls)}
-    single = {"experiment.seed", "experiment.deterministic", "data.dataset", "train.sparsity_threshold"}
+    single = {
+        "experiment.seed",
+        "experiment.deterministic",
+        "data.dataset",
+        "data.image_size",
+        "train.sparsity_threshold",
+    }
     assert set(run.data.params) == whole | single
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert {split: json.loads(d.profile)["num_images"] for split, d in inputs.items()} == sizes
