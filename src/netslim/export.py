@@ -15,7 +15,6 @@ import copy
 import functools
 import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,10 +313,8 @@ def calls_per_sample(batch_size: int, images: int = 64, seconds_per_call: float 
 
 def _seconds_of_one_call(run: Callable[[int], None]) -> float:
     """How long one call of `run` takes, after a first (warm-up) call; only sizes the timed samples."""
-    run(1)
-    start = time.perf_counter()
-    run(1)
-    return time.perf_counter() - start
+    [[seconds]] = interleaved_seconds([functools.partial(run, 1)], repeats=1, warmup=1)
+    return seconds
 
 
 def speed_rows(

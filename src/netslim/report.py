@@ -470,13 +470,10 @@ def _settings(inputs: ReportInputs, config: Config) -> str:
     c = config
     ratios = ", ".join(str(r) for r in c.prune.ratios)
     target = f" (budget: ≤ {c.prune.target_params:,} params)" if c.prune.target_params else ""
+    size = c.data.image_size
     items = [
         ("dataset", c.data.dataset),
-        (
-            "image size",
-            f"{c.data.image_size}×{c.data.image_size}"
-            + (" (scaled down from 32×32)" if c.data.image_size < 32 else ""),
-        ),
+        ("image size", f"{size}×{size}" + (" (scaled down)" if size < 32 else "")),
         ("architecture", f"{c.model.arch}, width × {c.model.width:g}"),
         ("λ of sparsity training", ", ".join(c.train.lambdas) + lambda_scale_note(inputs, c)),
         ("λ of the pruned model", c.prune.lambda_),

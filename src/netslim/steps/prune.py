@@ -20,7 +20,7 @@ from torch import nn
 from netslim.config import BUDGET, Config, PruneConfig
 from netslim.data import PreparedData
 from netslim.engine import evaluate
-from netslim.measure import IMAGE_SHAPE, compare_models
+from netslim.measure import compare_models
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
 from netslim.slimming.surgery import PruneResult, prune
 
@@ -85,10 +85,11 @@ def pruned_variants(
 
 
 def prune_by(
-    sparse: nn.Module, config: Config, target: float | str, image_shape: tuple[int, ...] = IMAGE_SHAPE
+    sparse: nn.Module, config: Config, target: float | str, image_shape: tuple[int, ...]
 ) -> dict[str, float | int | None]:
     """A --ratio value as surgery's keyword: a share of channels, or BUDGET for `prune.target_params` (and, with
-    `prune.target_latency_ms`, the smallest ratio whose exported model meets that latency, measured)."""
+    `prune.target_latency_ms`, the smallest ratio whose exported model meets that latency on images of
+    `image_shape`, measured)."""
     if target != BUDGET:
         return {"ratio": float(target)}
     if config.prune.target_latency_ms is not None:
