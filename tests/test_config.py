@@ -48,6 +48,7 @@ def test_a_vgg_run_needs_one_changed_key(tmp_path):
         ({"data": {"image_size": 4}}, "data.image_size: 4 must be in 8..32"),
         ({"tracking": {"model_stages": ["export"]}}, "tracking.model_stages: 'export' has no model to log"),
         ({"finetune": {"milestones": [0.5, 1.5]}}, "past the last epoch"),
+        ({"train": {"schedule": "onecycle"}}, "train.schedule: 'onecycle' is not one of step, cosine"),
         ({"constraints": {"min_accuracy": 1.5}}, "constraints.min_accuracy"),
         ({"train": {"epochs": "ten"}}, "must be a whole number"),
         ({"train": {"epoch": 3}}, "train.epoch: unknown key"),

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from netslim.data import normalize
-from netslim.engine import FitSettings, epoch_generator, evaluate, fit, make_optimizer, train_one_epoch
+from netslim.engine import (
+    FitSettings,
+    epoch_generator,
+    evaluate,
+    fit,
+    make_optimizer,
+    steps_per_epoch,
+    train_one_epoch,
+)
 from netslim.models import build_model, prunable_batchnorms
 
 CPU = torch.device("cpu")
@@ -61,6 +69,40 @@ def test_without_augmentation_the_model_sees_the_shuffled_images_unchanged(tiny_
 def test_lr_drops_at_the_milestones(tiny_data):
     result = fit(_model(), tiny_data, FitSettings(epochs=4, batch_size=256, lr=1e-3, milestones=(0.5, 0.75)), CPU)
     assert [round(r["lr"], 8) for r in result.history] == [1e-3, 1e-3, 1e-4, 1e-5]
+
+
+def test_cosine_schedule_anneals_the_lr_batch_by_batch_to_zero(tiny_data):
+    # tiny_data's training split, in batches of 64: the cosine runs over epochs × steps optimizer steps.
+    steps = steps_per_epoch(len(tiny_data.train), 64)
+    assert steps >= 2
+    s = FitSettings(epochs=3, batch_size=64, lr=1e-3, schedule="cosine", milestones=(0.5,))  # milestones unused
+    result = fit(_small_vgg(), tiny_data, s, CPU)
+    # The lr each epoch started with: half a cosine from 1e-3 at step 0, sampled every `steps` steps.
+    assert [r["lr"] for r in result.history] == pytest.approx([1e-3, 7.5e-4, 2.5e-4], rel=1e-9)
+
+    model = _small_vgg()
+    optimizer, scheduler = make_optimizer(model, s, steps)
+    train_one_epoch(
+        model, optimizer, tiny_data.train, tiny_data.mean, tiny_data.std, s, CPU, epoch_generator(0, 1),
+        batch_scheduler=scheduler,
+    )  # fmt: skip
+    assert scheduler.last_epoch == steps  # stepped once a batch, not once an epoch
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(7.5e-4, rel=1e-9)
+    for _ in range(2 * steps):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_resumed_cosine_run_continues_its_schedule_where_it_stopped(tiny_data, tmp_path):
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    settings = FitSettings(epochs=3, batch_size=64, lr=3e-3, schedule="cosine", sparsity_lambda=1e-4)
+    full = fit(_small_vgg(), tiny_data, settings, CPU)
+    state = tmp_path / "state.pt"
+    _train_epochs_then_stop(_small_vgg(), tiny_data, settings, state, stop_after=2)
+    resumed = fit(_small_vgg(seed=99), tiny_data, settings, CPU, state_path=state, resume=True)
+    assert resumed.resumed_from_epoch == 2
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in full.history]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
 
 
 @pytest.mark.slow  # 2 × 600 training steps

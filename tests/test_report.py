@@ -309,3 +309,22 @@ def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_t
     # and the figure's text says it at the largest batch timed
     assert report._exported_speedup(export_metrics["finetuned_0.9"]) == " and 1.58× exported to ONNX Runtime (batch 64)"
     assert report._exported_speedup(None) == ""
+
+
+@pytest.mark.parametrize(
+    "optim, expected",
+    [
+        ({"lr": 1e-3, "epochs": 40, "milestones": [0.5, 0.75]}, "Adam 1e-3, ×0.1 after epochs 20, 30"),
+        ({"lr": 4e-3, "epochs": 2, "milestones": [0.5], "lr_gamma": 0.2}, "Adam 4e-3, ×0.2 after epoch 1"),
+        ({"lr": 2.5e-4, "epochs": 5, "milestones": []}, "Adam 2.5e-4"),
+        ({"lr": 4e-3, "epochs": 2, "schedule": "cosine"}, "Adam 4e-3, cosine to 0"),  # milestones unused
+    ],
+)
+def test_the_settings_table_says_how_the_lr_moves(optim: dict, expected: str) -> None:
+    assert report.lr_schedule(config_from_dict({"finetune": optim}).finetune) == expected
+
+
+def test_the_report_states_both_lr_schedules(written: Config) -> None:
+    text = (Path(written.paths.reports) / "report.md").read_text()
+    train, finetune = report.lr_schedule(written.train), report.lr_schedule(written.finetune)
+    assert f"| learning rate | {train} (sparsity training); {finetune} (fine-tuning) |" in text

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from netslim.config import BUDGET, Config, ConstraintsConfig
+from netslim.config import BUDGET, Config, ConstraintsConfig, OptimConfig, milestone_epochs
 
 DPI = 120
 NA = "n/a"
@@ -466,6 +466,21 @@ def markdown_table(header: list[str], rows: list[list[str]], numbers: bool = Tru
     return "\n".join(lines)
 
 
+def fmt_lr(lr: float) -> str:
+    """1e-3, 2.5e-4: the way learning rates are written in params.yaml."""
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def lr_schedule(optim: OptimConfig) -> str:
+    """How a section's lr moves, e.g. "Adam 1e-3, ×0.1 after epochs 20, 30" or "Adam 4e-3, cosine to 0"."""
+    if optim.schedule == "cosine":
+        return f"Adam {fmt_lr(optim.lr)}, cosine to 0"
+    epochs = milestone_epochs(optim.milestones, optim.epochs)
+    drops = f", ×{optim.lr_gamma:g} after epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}"
+    return f"Adam {fmt_lr(optim.lr)}" + (drops if epochs else "")
+
+
 def _settings(inputs: ReportInputs, config: Config) -> str:
     c = config
     ratios = ", ".join(str(r) for r in c.prune.ratios)
@@ -479,6 +494,7 @@ def _settings(inputs: ReportInputs, config: Config) -> str:
         ("λ of the pruned model", c.prune.lambda_),
         ("prune ratios", ratios + target),
         ("epochs", f"{c.train.epochs} sparsity training, {c.finetune.epochs} fine-tuning"),
+        ("learning rate", f"{lr_schedule(c.train)} (sparsity training); {lr_schedule(c.finetune)} (fine-tuning)"),
         ("initial BN γ", "1.0 (PyTorch's default)" if c.model.bn_init is None else f"{c.model.bn_init:g}"),
         ("bias compensation", fmt_bool(c.prune.bias_compensation)),
         ("BN recalibration", f"{c.prune.recalibration_batches} batches" if c.prune.recalibration_batches else "off"),

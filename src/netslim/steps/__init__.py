@@ -67,6 +67,7 @@ def fit_settings(
         weight_decay=optim.weight_decay,
         milestones=optim.milestones,
         lr_gamma=optim.lr_gamma,
+        schedule=optim.schedule,
         augment=optim.augment,
         sparsity_lambda=sparsity_lambda,
         sparsity_threshold=config.train.sparsity_threshold,
