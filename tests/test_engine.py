@@ -84,7 +84,7 @@ def test_cosine_schedule_anneals_the_lr_batch_by_batch_to_zero(tiny_data):
     optimizer, scheduler = make_optimizer(model, s, steps)
     train_one_epoch(
         model, optimizer, tiny_data.train, tiny_data.mean, tiny_data.std, s, CPU, epoch_generator(0, 1),
-        batch_scheduler=scheduler,
+        scheduler=scheduler,
     )  # fmt: skip
     assert scheduler.last_epoch == steps  # stepped once a batch, not once an epoch
     assert optimizer.param_groups[0]["lr"] == pytest.approx(7.5e-4, rel=1e-9)

@@ -44,7 +44,7 @@ def parse_lambda(text: str | float, key: str = "lambda") -> float:
 
 
 def lambda_label(value: float | str) -> str:
-    """The canonical file-name label of a λ: 1e-4 -> "1e-4", 0 -> "0", 3.2e-5 -> "3.2e-5"."""
+    """The canonical file-name label of a λ: 1e-4 -> "1e-4", 0 -> "0", 3.2e-5 -> "3.2e-5" (the report writes lrs so)."""
     v = float(value)
     if v == 0:
         return "0"

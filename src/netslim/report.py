@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from netslim.config import BUDGET, Config, ConstraintsConfig, OptimConfig, milestone_epochs
+from netslim.config import BUDGET, Config, ConstraintsConfig, OptimConfig, lambda_label, milestone_epochs
 
 DPI = 120
 NA = "n/a"
@@ -466,19 +466,13 @@ def markdown_table(header: list[str], rows: list[list[str]], numbers: bool = Tru
     return "\n".join(lines)
 
 
-def fmt_lr(lr: float) -> str:
-    """1e-3, 2.5e-4: the way learning rates are written in params.yaml."""
-    mantissa, exponent = f"{lr:.3e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
 def lr_schedule(optim: OptimConfig) -> str:
     """How a section's lr moves, e.g. "Adam 1e-3, ×0.1 after epochs 20, 30" or "Adam 4e-3, cosine to 0"."""
     if optim.schedule == "cosine":
-        return f"Adam {fmt_lr(optim.lr)}, cosine to 0"
+        return f"Adam {lambda_label(optim.lr)}, cosine to 0"
     epochs = milestone_epochs(optim.milestones, optim.epochs)
     drops = f", ×{optim.lr_gamma:g} after epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}"
-    return f"Adam {fmt_lr(optim.lr)}" + (drops if epochs else "")
+    return f"Adam {lambda_label(optim.lr)}" + (drops if epochs else "")
 
 
 def _settings(inputs: ReportInputs, config: Config) -> str:
