@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-fast ui dashboard setup system-deps lint bench search clean-demo
+.PHONY: demo seed test test-fast ui dashboard setup system-deps lint bench search clean-demo
 
 # uv installs the ~6 GB of wheels (torch's CUDA build and its libraries) in about 30 s where pip takes about
 # 3 minutes on 2 cores. uv reads no pip configuration, so pip's own (indexes, find-links, constraints, as
@@ -43,8 +43,14 @@ system-deps:
 	    test -f $(FMNIST) || exit 1; fi; \
 	fi
 
+# params.yaml is the embedded offline run: the demo reproduces it as the DVC experiment demo-<time>.
 demo: setup
 	$(BIN)/python -m netslim.demo
+
+# The seed experiment (CIFAR-10, full-width ResNet-50, 40 + 20 epochs) on a GPU machine: profiles/seed.yaml's overrides
+# as the DVC experiment seed-<time>; the workspace is then the seed's, as after any `dvc exp run -S`.
+seed: setup
+	$(BIN)/python -m netslim.demo --profile profiles/seed.yaml --name seed
 
 # Two pytest workers, each taking whole test files (--dist loadfile: a module's tiny pipeline runs once, in one
 # worker), the longest files first as tests/conftest.py orders them (--no-loadscope-reorder: xdist would reorder

@@ -77,7 +77,7 @@ def run_process(
 
 
 def committed_params(folder: Path) -> Path:
-    """The committed params.yaml (the seed experiment), copied into `folder`; see `committed_text`."""
+    """The committed params.yaml (the embedded demo run), copied into `folder`; see `committed_text`."""
     path = folder / "params.yaml"
     path.write_text(committed_text("params.yaml"))
     return path
@@ -139,9 +139,23 @@ def write_params(path: Path, params: dict) -> Path:
     return path
 
 
-def tiny_params(tmp: Path, fmnist: Path, **sections) -> dict:
-    """The real params.yaml shrunk: tiny data, a tiny ResNet-50, one epoch, CPU, no tracking."""
+def seed_experiment() -> dict:
+    """The seed experiment's params: the committed params.yaml with profiles/seed.yaml applied, as `make seed` does."""
     params = yaml.safe_load(committed_text("params.yaml"))
+    for dotted, value in yaml.safe_load(committed_text("profiles/seed.yaml")).items():
+        section, _, key = dotted.partition(".")
+        params[section][key] = value
+    return params
+
+
+def seed_params(folder: Path) -> Path:
+    """The seed experiment's params written as `folder`/params.yaml."""
+    return write_params(folder / "params.yaml", seed_experiment())
+
+
+def tiny_params(tmp: Path, fmnist: Path, **sections) -> dict:
+    """The seed experiment's params shrunk: tiny data, a tiny ResNet-50, one epoch, CPU, no tracking."""
+    params = seed_experiment()
     params["experiment"].update(device="cpu", deterministic=True)
     params["data"].update(dataset="fashion-mnist", fashion_mnist_path=str(fmnist), download=False, val_size=64)
     params["model"].update(width=0.0625)

@@ -2,22 +2,25 @@
 
 import pytest
 
-from conftest import committed_params, committed_text
-from netslim.config import ConfigError, config_from_dict, lambda_label, load_config, read_yaml
+from conftest import committed_params, committed_text, seed_params
+from netslim.config import ConfigError, config_from_dict, lambda_label, load_config
 
 
-def test_the_committed_params_file_is_the_seed_experiment(tmp_path):
+def test_the_committed_params_file_is_the_embedded_offline_run(tmp_path):
     c = load_config(committed_params(tmp_path))
-    assert (c.data.dataset, c.model.arch, c.model.width) == ("cifar10", "resnet50", 1.0)
-    assert c.train.lambdas == ("1e-4", "1e-5", "0") and c.train.epochs == 40
+    assert (c.data.dataset, c.data.download, c.model.arch, c.model.width) == ("fashion-mnist", False, "resnet50", 0.25)
+    assert c.prune.lambda_ in c.train.lambdas and c.prune.ratios == (0.5, 0.9)
+    assert c.search.lambda_min <= c.search.lambda_max and c.search.lambda_min <= float(c.prune.lambda_)
+    assert c.search.lambda_max >= float(c.prune.lambda_), "the search's λ range covers the λ the run prunes"
+
+
+def test_the_seed_profile_turns_params_yaml_into_the_seed_experiment(tmp_path):
+    c = load_config(seed_params(tmp_path))
+    assert (c.data.dataset, c.model.arch, c.model.width, c.data.image_size) == ("cifar10", "resnet50", 1.0, 32)
+    assert c.train.lambdas == ("1e-4", "1e-5", "0") and (c.train.epochs, c.finetune.epochs) == (40, 20)
     assert c.prune.ratios == (0.5, 0.9) and c.prune.lambda_ == "1e-4"
     assert (c.constraints.min_accuracy, c.constraints.max_params) == (0.90, 4_000_000)
-
-
-def test_the_demo_profile_only_overrides_known_keys(tmp_path):
-    overrides = read_yaml(committed_text("profiles/demo.yaml"))
-    c = load_config(committed_params(tmp_path), overrides)
-    assert c.data.dataset == "fashion-mnist" and c.model.width < 1
+    assert c.search.lambda_min < 1e-4 < c.search.lambda_max
 
 
 def test_a_vgg_run_needs_one_changed_key(tmp_path):
@@ -88,9 +91,9 @@ def test_flat_dict_has_every_key_once():
 
 def test_an_unquoted_lambda_is_refused_because_dvc_would_read_it_as_another_number(tmp_path):
     # DVC (YAML 1.2) reads a bare 1e-4 as 0.0001, so its `${item}` folder would not be ours: refuse early.
-    text = committed_text("params.yaml").replace('lambdas: ["1e-4", "1e-5", "0"]', "lambdas: [1e-4, 1e-5, 0]")
-    assert "lambdas: [1e-4, 1e-5, 0]" in text
+    text = committed_text("params.yaml").replace('lambdas: ["1e-2", "3e-3", "0"]', "lambdas: [1e-2, 3e-3, 0]")
+    assert "lambdas: [1e-2, 3e-3, 0]" in text
     unquoted = tmp_path / "params.yaml"
     unquoted.write_text(text)
-    with pytest.raises(ConfigError, match=r'train\.lambdas\[0\]: .0\.0001. must be written as the quoted label "1e-4"'):
+    with pytest.raises(ConfigError, match=r'train\.lambdas\[0\]: .0\.01. must be written as the quoted label "1e-2"'):
         load_config(unquoted)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -192,22 +196,91 @@ def test_push_then_pull_restores_identical_checkpoints(project):
     assert {p: sha(p) for p in checkpoints} == before
 
 
-def test_the_demo_runs_as_an_experiment_and_leaves_params_yaml_byte_identical(project):
-    """`make demo` = `python -m netslim.demo`: a DVC experiment with the profile's overrides; params.yaml stays."""
-    (project / "profiles").mkdir(exist_ok=True)
-    profile = "export.repeats: 2  # only the export and the report rerun\n"
-    (project / "profiles" / "demo.yaml").write_text(profile)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "demo profile"], project)
+def test_the_demo_reproduces_params_yaml_as_a_named_experiment_and_leaves_dvc_status_clean(project):
+    """`make demo` = `python -m netslim.demo`: params.yaml as committed, as the experiment demo-<time>."""
+    commit_all(project, "reproduced, before the demo")
     before = (project / "params.yaml").read_bytes()
 
     output = run([sys.executable, "-m", "netslim.demo"], project)
 
     assert (project / "params.yaml").read_bytes() == before
-    stages = ran_stages(output)
-    assert stages == {"export", "report"}, stages  # the changed stage and what follows it, nothing upstream
-    assert "pruned 90% + fine-tuned" in output  # the comparison table is printed
-    assert run([DVC, "exp", "list", "--name-only"], project).split(), "dvc exp show lists the demo"
-    # the workspace outputs are the demo's, and DVC says they were made with other params than params.yaml's
-    # (dvc.yaml declares the whole export section, so DVC names the section: "modified: export")
-    assert re.search(r"modified:\s+export\b", run([DVC, "status"], project))
+    assert ran_stages(output) == set(), "the committed dvc.lock is this params.yaml's: nothing to rerun"
+    names = run([DVC, "exp", "list", "--name-only"], project).split()
+    assert any(re.fullmatch(r"demo-\d{8}-\d{6}", name) for name in names), names
+    assert "Data and pipelines are up to date." in run([DVC, "status"], project)
+    assert run(["git", "diff", "--cached", "--name-only"], project).strip() == ""
+
+
+def test_a_profile_runs_as_its_own_named_experiment_and_only_what_it_changes_reruns(project):
+    """`make seed` = the same with --profile: `dvc exp run -S` for every key, and DVC's workspace afterwards."""
+    (project / "profiles").mkdir(exist_ok=True)
+    (project / "profiles" / "tiny.yaml").write_text("export.repeats: 2  # only the export and the report rerun\n")
+    commit_all(project, "a profile")
+
+    output = run([sys.executable, "-m", "netslim.demo", "--profile", "profiles/tiny.yaml", "--name", "tiny"], project)
+
+    assert ran_stages(output) == {"export", "report"}, output  # the changed stage and what follows it
+    assert any(name.startswith("tiny-") for name in run([DVC, "exp", "list", "--name-only"], project).split())
+    assert read_yaml((project / "params.yaml").read_text())["export"]["repeats"] == 2  # DVC's convention
+    assert "Data and pipelines are up to date." in run([DVC, "status"], project)
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
+    run([DVC, "checkout", "-q"], project)
+
+
+def processes_in(folder: Path) -> list[str]:
+    """The command lines of the processes whose working directory is `folder` (a stage DVC started runs there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cwd").resolve() == folder.resolve():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def interrupt_demo(project: Path, signum: int) -> tuple[int, str]:
+    """Start the demo as a terminal would (its own process group), signal that group once a training stage runs."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "netslim.demo", "--profile", "profiles/longer.yaml", "--name", "longer"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    for line in demo.stdout:
+        lines.append(line)
+        if line.startswith("Running stage 'train@"):
+            time.sleep(3)  # into the stage's training
+            os.killpg(demo.pid, signum)
+            break
+    lines.append(demo.stdout.read())
+    return demo.wait(timeout=120), "".join(lines)
+
+
+def test_an_interrupted_demo_leaves_nothing_staged_no_stage_running_and_the_next_demo_completes(project):
+    (project / "profiles").mkdir(exist_ok=True)
+    (project / "profiles" / "longer.yaml").write_text("train.epochs: 4\n")
+    commit_all(project, "a longer profile")
+    params = (project / "params.yaml").read_bytes()
+    head = run(["git", "rev-parse", "HEAD"], project)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        code, output = interrupt_demo(project, signum)
+
+        assert code == 128 + signum, output
+        last = output.strip().splitlines()[-1]
+        assert "interrupted" in last and "python -m netslim.demo --profile profiles/longer.yaml" in last, output
+        assert processes_in(project) == [], "no stage outlives the demo"
+        assert run(["git", "diff", "--cached", "--name-only"], project).strip() == "", "nothing left staged"
+        assert (project / "params.yaml").read_bytes() == params
+        assert run(["git", "rev-parse", "HEAD"], project) == head
+
+    longer = [sys.executable, "-m", "netslim.demo", "--profile", "profiles/longer.yaml", "--name", "longer"]
+    output = run(longer, project)
+    assert {"report"} <= ran_stages(output), output
+    assert "Data and pipelines are up to date." in run([DVC, "status"], project)
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
+    run([DVC, "checkout", "-q"], project)

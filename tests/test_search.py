@@ -25,7 +25,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import ROOT, committed_params, run_process, tiny_params, write_fashion_mnist, write_params
+from conftest import ROOT, committed_params, run_process, seed_params, tiny_params, write_fashion_mnist, write_params
 from netslim.cli import main
 from netslim.config import load_config
 from netslim.search import (
@@ -180,7 +180,7 @@ def _legend_and_points(ax) -> dict[str, list[float]]:
 def test_budget_best_choice_and_plots_come_from_optunas_own_api(tmp_path):
     """On SQLite: Optuna's MaxTrialsCallback counts the trials, Optuna's constrained best_trial is chosen (never the
     infeasible trial with higher accuracy), and Optuna's matplotlib plots draw the history and importances."""
-    config = load_config(committed_params(tmp_path))
+    config = load_config(seed_params(tmp_path))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize", study_name="s")
     study.add_trial(_trial(0.99, accuracy=-0.09, params=0.5))  # best accuracy, 50% over the parameter budget
     study.add_trial(_trial(0.97, accuracy=-0.07, params=0.01))  # just over the budget
@@ -217,7 +217,7 @@ def test_budget_best_choice_and_plots_come_from_optunas_own_api(tmp_path):
 
 
 def test_without_feasible_trials_the_closest_is_shown_and_said_to_be_infeasible(tmp_path):
-    config = load_config(committed_params(tmp_path))
+    config = load_config(seed_params(tmp_path))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize", study_name="s")
     study.add_trial(_trial(0.99, accuracy=-0.09, params=0.5))
     study.add_trial(_trial(0.85, accuracy=0.05, params=-0.5, lam="1e-5"))  # the smallest violation
