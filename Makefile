@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # stage would compile torch and mlflow again on import (measured here: 23 s instead of 6 s per stage). Compiling
 # on first import instead saved nothing measurable: the demo's stages and DVC import 6,200 of the 17,800 files,
 # compiled on one core as they come, where uv compiles them all on every core (50 s here).
-# postgres extra: the multi-worker search test runs on a real server.
+# postgres extra: the multi-worker search test runs on a real server; dashboard: `make dashboard` (optuna-dashboard).
 PIP_SETTINGS_FOR_UV = $(BIN)/pip config list | \
   sed -n "s/^[^.]*\.\(index-url\|extra-index-url\|find-links\|constraint\)='\(.*\)'$$/\1 \2/p" | \
   while read -r key values; do for value in $$values; do echo "--$$key $$value"; done; done
@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	if $(BIN)/pip install -q uv; then \
 	  $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match --compile-bytecode \
-	    $$($(PIP_SETTINGS_FOR_UV)) -e '.[dev,postgres]'; \
+	    $$($(PIP_SETTINGS_FOR_UV)) -e '.[dev,postgres,dashboard]'; \
 	else \
-	  $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[dev,postgres]'; \
+	  $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[dev,postgres,dashboard]'; \
 	fi
 	touch $(STAMP)
 
@@ -81,11 +81,10 @@ search: setup
 	$(BIN)/dvc repro search/dvc.yaml
 
 # Optuna's dashboard on the search's study: the default SQLite file, or another storage with
-# make dashboard STUDY=postgresql+psycopg://user:pw@host/netslim (installs the `dashboard` extra once).
+# make dashboard STUDY=postgresql+psycopg://user:pw@host/netslim (the set-up installed it: the `dashboard` extra).
 STUDY ?= sqlite:///reports/search/study.db
 DASHBOARD_PORT ?= 8080
 dashboard: $(STAMP)
-	test -x $(BIN)/optuna-dashboard || $(BIN)/pip install -q -e '.[dashboard]'
 	$(BIN)/optuna-dashboard $(STUDY) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 bench: setup

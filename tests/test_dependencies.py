@@ -64,3 +64,12 @@ def test_packages_only_tests_import_are_dev_only() -> None:
     runtime_only_tests = only_tests & declared(PROJECT["dependencies"])
     # dvc, mlflow and optuna run as the pipeline's commands and services, not only as imports
     assert runtime_only_tests <= {"dvc", "mlflow", "optuna", "torchvision"}, sorted(runtime_only_tests)
+
+
+def test_the_set_up_installs_every_extra_so_no_make_target_installs_on_first_use() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    installs = re.findall(r"-e '\.\[([^\]]*)\]'", makefile)
+    assert installs, "the Makefile installs the project with no extras"
+    for extras in installs:  # the uv line and its pip fallback
+        assert set(extras.split(",")) == set(PROJECT["optional-dependencies"]), extras
+    assert "pip install" not in makefile.split("\ndashboard:")[1].split("\n\n")[0]  # `make dashboard` only runs it

@@ -27,7 +27,7 @@ from optuna.trial import TrialState, create_trial
 
 from conftest import ROOT, committed_params, run_process, seed_params, tiny_params, write_fashion_mnist, write_params
 from netslim.cli import main
-from netslim.config import load_config
+from netslim.config import load_config, read_yaml
 from netslim.search import (
     FIGURES,
     LAMBDA_PARAM,
@@ -35,6 +35,7 @@ from netslim.search import (
     LR_PARAM,
     exp_run_command,
     figures,
+    lambda_grid,
     select_best,
     summarize,
     trial_budget,
@@ -112,6 +113,7 @@ def test_tiny_study_writes_outputs_reuses_the_cache_logs_nested_runs_and_continu
     study = study_of(root)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(study.trials) == 2 and len(complete) == 2
+    assert study.metric_names == ["val_acc"]  # what optuna-dashboard labels the objective with
     assert best["feasible"] is True and best["status"] == "best feasible trial"
     assert best["val_acc"] == max(t.value for t in complete)
     assert best["trial"] == max(complete, key=lambda t: (t.value, -t.number)).number
@@ -156,6 +158,19 @@ def test_tiny_study_writes_outputs_reuses_the_cache_logs_nested_runs_and_continu
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "search.train_epochs: 2" in err and "--study-name" in err
     assert len(study_of(root).trials) == 3
+
+
+PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES], ids=["params.yaml", *(p.name for p in PROFILES)])
+def test_the_search_draws_lambda_around_the_pipelines_own(profile: Path | None) -> None:
+    """A search over λ far from the pipeline's own trains models that never get sparse (the demo drew 3.2e-6)."""
+    overrides = read_yaml(profile.read_text()) if profile else None
+    config = load_config(ROOT / "params.yaml", overrides)
+    low, high, _ = lambda_grid(config)
+    for lam in (float(label) for label in config.train.lambdas if float(label) > 0):
+        assert 10**low <= lam <= 10**high, f"{lam:g} outside the search's λ grid {10**low:g}…{10**high:g}"
 
 
 def _trial(value, accuracy, params, state=TrialState.COMPLETE, lam="1e-4", lr=1e-3, **attrs):

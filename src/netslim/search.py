@@ -61,6 +61,7 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.R
 CATCH = (RuntimeError, ValueError, ArithmeticError)  # a trial failing this way is recorded FAIL; the study goes on
 FIGURES = ("history.png", "importances.png", "accuracy_vs_params.png")
 OBJECTIVE = "validation accuracy"
+METRIC = "val_acc"  # the objective's name in the study (set_metric_names)
 LOST_WORKER = "its worker stopped sending heartbeats (killed or lost) and the trial was failed"
 # SQLAlchemy's URL for PostgreSQL through psycopg 3 (the `postgres` extra); a bare postgresql:// picks the dialect's
 # default driver, which is psycopg 3 from SQLAlchemy 2.1 on and psycopg2 before.
@@ -208,6 +209,9 @@ def open_study(config: Config, url: str) -> optuna.Study:
     check_settings(study, config, url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # optuna-dashboard and Optuna's plots label the objective with this, not "Objective 0"; the same name as
+        # trials.csv's column and the trial runs' MLflow metric.
+        study.set_metric_names([METRIC])
         optuna.storages.fail_stale_trials(study)
     return study
 
