@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo seed test test-fast ui dashboard setup system-deps lint bench search clean-demo
+.PHONY: demo seed test test-fast ui dashboard setup system-deps lint bench search clean-demo exp-show
 
 # uv installs the ~6 GB of wheels (torch's CUDA build and its libraries) in about 30 s where pip takes about
 # 3 minutes on 2 cores. uv reads no pip configuration, so pip's own (indexes, find-links, constraints, as
@@ -30,13 +30,29 @@ $(STAMP): pyproject.toml
 	fi
 	touch $(STAMP)
 
-setup: $(STAMP) system-deps
+# `dvc plots show` writes a page that loads vega, vega-lite and vega-embed from a CDN: blank offline. .dvc/config
+# (plots.html_template) points it at this page instead, which carries the three bundles inline, from npm, at the
+# major versions dvc-render writes its specs for (vega-lite v5). Built here, not committed: 0.8 MB of minified code.
+PLOTS_PAGE := .dvc/plots/offline.html
+VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+VEGA_BUILD := $(VENV)/vega/node_modules
+$(PLOTS_PAGE): Makefile | system-deps
+	npm install --prefix $(VENV)/vega --no-save --no-audit --no-fund --silent $(VEGA_PACKAGES)
+	{ printf '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n{refresh_tag}\n<title>DVC plots</title>\n'; \
+	  for js in vega vega-lite vega-embed; do \
+	    printf '<script>\n'; cat $(VEGA_BUILD)/$$js/build/$$js.min.js; printf '\n</script>\n'; \
+	  done; \
+	  printf '<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; \
+	} > $@.tmp && mv $@.tmp $@
 
-# Debian packages: the embedded dataset, and PostgreSQL for the multi-worker Optuna test.
+setup: $(STAMP) system-deps $(PLOTS_PAGE)
+
+# Debian packages: the embedded dataset, PostgreSQL for the multi-worker Optuna test, npm for `dvc plots show`'s page.
 system-deps:
 	@missing=""; \
 	test -f $(FMNIST) || missing="$$missing dataset-fashion-mnist"; \
 	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "netslim needs the Debian package(s)$$missing: run 'sudo apt-get install$$missing' (or set data.fashion_mnist_path)"; \
@@ -86,6 +102,12 @@ STUDY ?= sqlite:///reports/search/study.db
 DASHBOARD_PORT ?= 8080
 dashboard: $(STAMP)
 	$(BIN)/optuna-dashboard $(STUDY) --host 127.0.0.1 --port $(DASHBOARD_PORT)
+
+# `dvc exp show` has a column per param and per model's metric (about 170): this keeps what tells experiments apart
+# (README "DVC views"), so the table fits 160 columns. re.match patterns: a metric column is "<file>:<metric>".
+EXP_SHOW_KEEP := Experiment|Created|reports/metrics/finetuned_.*:test_acc|prune\.lambda|finetune\.lr$$
+exp-show: $(STAMP)
+	$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_SHOW_KEEP)'
 
 bench: setup
 	$(BIN)/netslim bench

@@ -48,37 +48,45 @@ def close(a: float, b: float) -> bool:
 # ---- the report from dvc's diff ---------------------------------------------------------------------
 
 
-def test_summary_models_become_tables_with_deltas_and_percent_only_where_sensible():
+def test_each_models_changed_metrics_become_a_table_with_deltas_and_percent_only_where_sensible():
     metrics = {
-        "reports/summary.json": {
-            "finetuned_0.9.test_acc": {"old": 0.8, "new": 0.84, "diff": 0.04},
-            "finetuned_0.9.num_params": {"old": 120000, "new": 110000, "diff": -10000},
-            "finetuned_0.9.meets_constraints": {"old": 0, "new": 1, "diff": 1},
-            "unpruned.test_acc": {"old": 0.9, "new": 0.9, "diff": 0},
+        "reports/metrics/finetuned_0.9.json": {
+            "test_acc": {"old": 0.8, "new": 0.84, "diff": 0.04},
+            "num_params": {"old": 120000, "new": 110000, "diff": -10000},
+            "meets_constraints": {"old": False, "new": True},
         },
-        "reports/prune/0.9/metrics.json": {"threshold": {"old": 0.0, "new": 0.02, "diff": 0.02}},
+        "reports/metrics/unpruned_lambda_0.json": {"test_acc": {"old": 0.9, "new": 0.9, "diff": 0}},
     }
     params = {"params.yaml": {"finetune.lr": {"old": 0.001, "new": 0.0005}}}
     md = render("origin/main", "0123456789abcdef", Diff(metrics, []), Diff(params, []))
     assert md.startswith(MARKER + "\n")
-    finetuned = table_rows(md, "#### `reports/summary.json` · finetuned_0.9")
+    finetuned = table_rows(md, "#### `reports/metrics/finetuned_0.9.json`")
     assert list(finetuned) == ["metric", "test_acc", "num_params", "meets_constraints"]  # accuracy first, then size
     assert finetuned["test_acc"] == ["0.8", "0.84", "+0.04", "+5.0%"]
     assert finetuned["num_params"] == ["120,000", "110,000", "-10,000", "-8.3%"]
-    assert finetuned["meets_constraints"][3] == "—"  # no % of a change from 0
+    assert finetuned["meets_constraints"] == ["no", "yes", "—", "—"]  # a verdict has no delta
     assert "unpruned" not in md  # an unchanged metric is no row and its model no table
-    assert table_rows(md, "#### `reports/prune/0.9/metrics.json`")["threshold"] == ["0", "0.02", "+0.02", "—"]
     assert table_rows(md, "### Params")["finetune.lr"] == ["0.001", "0.0005"]
-    assert "has no metrics to compare with" not in md
+    assert "has no metrics to compare with" not in md and "Timings" not in md
+
+
+def test_timings_come_after_the_metrics_folded_away_and_said_to_be_noisy():
+    metrics = {"reports/metrics/finetuned_0.9.json": {"test_acc": {"old": 0.8, "new": 0.84, "diff": 0.04}}}
+    timings = {"reports/timings/pruned_0.9.json": {"speedup_b64": {"old": 1.4, "new": 1.5, "diff": 0.1}}}
+    md = render("main", "abc", Diff(metrics, []), Diff({}, []), Diff(timings, []))
+    metrics_part, timings_part = md.split("### Timings")
+    assert "speedup" not in metrics_part and "test_acc" not in timings_part
+    assert "<details><summary>Timings (noisy" in timings_part and "</details>" in timings_part
+    assert table_rows(md, "#### `reports/timings/pruned_0.9.json`")["speedup_b64"] == ["1.4", "1.5", "+0.1", "+7.1%"]
 
 
 def test_nothing_changed_says_so_and_a_base_without_metrics_is_named():
     md = render("main", "abc", Diff({}, []), Diff({}, []))
     assert "No metric changed." in md and "No param changed." in md and "| metric |" not in md
-    only_new = {"reports/summary.json": {"finetuned_0.9.test_acc": {"old": None, "new": 0.7}}}
+    only_new = {"reports/metrics/finetuned_0.9.json": {"test_acc": {"old": None, "new": 0.7}}}
     md = render("main", "abc", Diff(only_new, ["ERROR: failed to load metrics at 'main'"]), Diff({}, []))
     assert "`main` has no metrics to compare with: commit `dvc.lock`" in md
-    assert table_rows(md, "#### `reports/summary.json` · finetuned_0.9")["test_acc"] == ["—", "0.7", "—", "—"]
+    assert table_rows(md, "#### `reports/metrics/finetuned_0.9.json`")["test_acc"] == ["—", "0.7", "—", "—"]
     assert "> dvc: ERROR: failed to load metrics at 'main'" in md
 
 

@@ -25,8 +25,10 @@ BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    result = run_process(cmd, cwd=cwd)
+def run(cmd: list[str], cwd: Path, columns: int | None = None) -> str:
+    """stdout and stderr of `cmd`, which must succeed; with `columns`, as printed on a terminal that wide."""
+    env = os.environ | {"COLUMNS": str(columns)} if columns else None
+    result = run_process(cmd, cwd=cwd, env=env)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -54,7 +56,10 @@ def project(tmp_path_factory) -> Path:
     write_params(repo / "params.yaml", params)
     run(["git", "init", "-q"], repo)
     run([DVC, "init", "-q"], repo)
-    run([DVC, "remote", "add", "-d", "local", str(tmp / "remote")], repo)
+    # the project's DVC settings (`dvc plots show`'s offline page) and plot templates; `make setup` built the page
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    run([DVC, "remote", "add", "-f", "-d", "local", str(tmp / "remote")], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny project"], repo)
     first = run([DVC, "repro"], repo)
@@ -81,6 +86,9 @@ def test_every_declared_output_exists_and_metrics_are_in_range(project):
         "reports/export/metrics.json",
         "reports/report.md",
         "reports/summary.csv",
+        "reports/metrics/sparse_lambda_1e-4.json",
+        "reports/timings/pruned_0.9.json",
+        "reports/curves/finetuning.csv",
     ]:
         assert (project / path).is_file(), path
     for metrics in project.glob("reports/*/*/metrics.json"):
@@ -94,11 +102,55 @@ def test_every_declared_output_exists_and_metrics_are_in_range(project):
     assert pruned["num_params"] < pruned["num_params_unpruned"] and pruned["macs"] < pruned["macs_unpruned"]
 
 
-def test_metrics_show_lists_accuracy_params_and_macs(project):
-    shown = json.loads(run([DVC, "metrics", "show", "--json"], project))
-    flat = json.dumps(shown)
-    for key in ("test_acc", "num_params", "macs"):
-        assert f'"{key}"' in flat
+def models_of(repo: Path) -> set[str]:
+    """The models params.yaml makes: one per λ of sparsity training, a pruned and a fine-tuned one per ratio."""
+    params = read_yaml((repo / "params.yaml").read_text())
+    trained = {"unpruned_lambda_0" if lam == "0" else f"sparse_lambda_{lam}" for lam in params["train"]["lambdas"]}
+    return trained | {f"{kind}_{ratio}" for ratio in params["prune"]["ratios"] for kind in ("pruned", "finetuned")}
+
+
+def test_metrics_show_prints_a_row_per_model_of_params_yaml_in_160_columns_without_warning(project):
+    result = run_process([DVC, "metrics", "show"], cwd=project, env=os.environ | {"COLUMNS": "160"})
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["Path", "macs", "meets_constraints", "num_params", "test_acc"]
+    assert {row.split()[0] for row in rows} == {f"reports/metrics/{model}.json" for model in models_of(project)}
+    assert max(len(line) for line in result.stdout.splitlines()) <= 160
+    assert not any("-" in row.split()[1:] for row in rows)  # no model misses a value
+
+
+def test_timings_are_shown_apart_from_the_metrics(project):
+    metrics = json.loads(run([DVC, "metrics", "show", "--json"], project))
+    shown = json.dumps(metrics)
+    assert "throughput" not in shown and "speedup" not in shown and "images_per_s" not in shown
+    timings = json.loads(run([DVC, "metrics", "show", "--json", "reports/timings"], project))
+    (workspace,) = timings.values()  # dvc keys the workspace "" here
+    files = workspace["data"]
+    ratios = read_yaml((project / "params.yaml").read_text())["prune"]["ratios"]
+    assert set(files) == {f"reports/timings/{kind}_{r}.json" for r in ratios for kind in ("pruned", "exported")}
+    pruned = files["reports/timings/pruned_0.9.json"]["data"]
+    assert pruned["speedup_b64"] == pytest.approx(pruned["throughput_b64"] / pruned["throughput_b64_unpruned"])
+
+
+def test_plots_show_renders_offline_the_lambda_and_ratio_overlays(project):
+    if not (ROOT / ".dvc/plots/offline.html").is_file():
+        pytest.fail("no .dvc/plots/offline.html: `make setup` builds it (the page with vega bundled)")
+    run([DVC, "plots", "show", "--out", "shown"], project)
+    page = (project / "shown" / "index.html").read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # every script inline: nothing loaded from a CDN
+    assert page.count("vegaEmbed(") >= 4 and "vega-lite" in page  # the bundles and one call per vega plot
+    plots = json.loads(run([DVC, "plots", "show", "--json"], project))["data"]
+    params = read_yaml((project / "params.yaml").read_text())
+    lambdas, ratios = params["train"]["lambdas"], params["prune"]["ratios"]
+    for plot, per, labels in (
+        ("sparsity_training_test_acc", "λ", {f"λ = {lam}" for lam in lambdas}),
+        ("sparsity_training_sparsity", "λ", {f"λ = {lam}" for lam in lambdas}),
+        ("finetuning_test_acc", "prune ratio", {f"pruned {float(r):.0%}" for r in ratios}),
+    ):
+        (spec,) = [r["content"] for r in plots[plot] if r["type"] == "vega"]
+        assert f"at each {per}" in spec["title"], spec["title"]
+        lines = {row["model"] for row in spec["data"]["values"]}
+        assert {next(label for label in labels if label in line) for line in lines} == labels, lines  # one each
 
 
 def test_a_second_repro_runs_no_stage(project):
@@ -129,56 +181,46 @@ def test_changing_a_finetune_key_reruns_only_finetune_export_and_report(finetune
     assert "report" in stages
 
 
-def metrics_at(repo: Path, sha: str) -> dict[tuple[str, str], object]:
-    """Every metric at a commit, read straight from git: {(file, flattened key): value}."""
-    lock = run(["git", "show", f"{sha}:dvc.lock"], repo)
-    files = sorted(set(re.findall(r"path: (reports/\S*(?:metrics|summary)\.json)", lock)))
-    assert files, "dvc.lock names no metrics file"
-    out = {}
-    for path in files:
-        text = run(["git", "show", f"{sha}:{path}"], repo)
-        out |= {(path, key): value for key, value in flat(json.loads(text)).items()}
-    return out
+def metrics_at(repo: Path, sha: str, folder: str) -> dict[tuple[str, str], object]:
+    """Every value of the JSON files under `folder` at a commit, read straight from git: {(file, key): value}."""
+    files = run(["git", "ls-tree", "-r", "--name-only", sha, folder], repo).split()
+    assert files, f"{folder} holds no file at {sha}"
+    return {
+        (path, key): value
+        for path in files
+        for key, value in json.loads(run(["git", "show", f"{sha}:{path}"], repo)).items()
+    }
 
 
-def flat(obj: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            out |= flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def test_ci_report_shows_every_changed_metric_and_param_with_old_new_and_delta(project, finetune_lr_changed):
+def test_ci_report_shows_every_changed_metric_and_timing_apart_and_the_changed_param(project, finetune_lr_changed):
     first, second, _ = finetune_lr_changed
     out = project / "pr-report.md"
     run([str(BIN / "netslim"), "ci-report", "--base", first, "--out", str(out)], project)
     md = out.read_text()
     assert md.startswith(MARKER) and first[:8] in md
+    metrics_part, timings_part = md.split("### Timings")
+    assert "noisy" in timings_part
 
-    old, new = metrics_at(project, first), metrics_at(project, second)
-    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
-    # the export's measured speeds differ on every run; what came before fine-tuning did not run again
-    assert any(path == "reports/export/metrics.json" for path, _ in changed), changed
-    assert not any(path.startswith(("reports/train/", "reports/prune/")) for path, _ in changed), changed
-    tables: dict[str, dict[str, list[str]]] = {}
-    for path, key in sorted(changed):
-        model, _, metric = key.rpartition(".")
-        heading = f"#### `{path}` · {model}" if model else f"#### `{path}`"
-        rows = tables.setdefault(heading, table_rows(md, heading))
-        assert metric in rows, f"{path} {key} changed but is not in the report:\n{md}"
-        old_cell, new_cell, delta_cell, _ = rows[metric]
-        a, b = float(old[path, key]), float(new[path, key])
-        assert close(cell_number(old_cell), a) and close(cell_number(new_cell), b), (key, rows[metric], a, b)
-        if isinstance(new[path, key], bool):  # a yes/no flag has no delta
-            assert delta_cell == "—", (key, rows[metric])
-        else:
-            assert close(cell_number(delta_cell), b - a), (key, delta_cell, b - a)
-    # and nothing else: the metrics that stayed the same (e.g. the sparse models') are left out
-    headings = [line for line in md.splitlines() if line.startswith("#### ")]
-    assert sum(len(table_rows(md, h)) - 1 for h in headings) == len(changed), md
+    for folder, part in (("reports/metrics", metrics_part), ("reports/timings", timings_part)):
+        old, new = metrics_at(project, first, folder), metrics_at(project, second, folder)
+        changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+        # what came before fine-tuning did not run again: only the fine-tuned models and their exports changed (the
+        # exports' timings always do; a tiny model's accuracy may not)
+        assert {Path(path).stem.split("_")[0] for path, _ in changed} <= {"finetuned", "exported"}, changed
+        assert changed or folder == "reports/metrics"
+        for path, metric in sorted(changed):
+            rows = table_rows(part, f"#### `{path}`")
+            assert metric in rows, f"{path} {metric} changed but is not in its section:\n{md}"
+            old_cell, new_cell, delta_cell, _ = rows[metric]
+            a, b = float(old[path, metric]), float(new[path, metric])
+            assert close(cell_number(old_cell), a) and close(cell_number(new_cell), b), (metric, rows[metric], a, b)
+            if isinstance(new[path, metric], bool):  # a yes/no verdict has no delta
+                assert delta_cell == "—", (metric, rows[metric])
+            else:
+                assert close(cell_number(delta_cell), b - a), (metric, delta_cell, b - a)
+        # and nothing else: the values that stayed the same (e.g. the sparse models') are left out
+        headings = [line for line in part.splitlines() if line.startswith("#### ")]
+        assert sum(len(table_rows(part, h)) - 1 for h in headings) == len(changed), md
 
     params = table_rows(md, "### Params")
     assert set(params) == {"param", "finetune.lr"}, params
@@ -284,3 +326,35 @@ def test_an_interrupted_demo_leaves_nothing_staged_no_stage_running_and_the_next
     assert "Data and pipelines are up to date." in run([DVC, "status"], project)
     run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
     run([DVC, "checkout", "-q"], project)
+
+
+def test_the_exp_show_recipe_fits_160_columns(project):
+    """`make exp-show` (README "DVC views") after the demo's experiment: every column whole, no line too long."""
+    shown = run(["make", "-s", "-f", str(ROOT / "Makefile"), "exp-show", f"BIN={BIN}", "STAMP="], project, columns=160)
+    lines = shown.splitlines()
+    assert max(len(line) for line in lines) <= 160 and "…" not in shown, shown
+    header = lines[1].split()
+    assert header[:2] == ["Experiment", "Created"] and "prune.lambda" in header, header
+    assert [h for h in header if h.endswith(":test_acc")] == [
+        f"reports/metrics/finetuned_{r}.json:test_acc" for r in (0.5, 0.9)
+    ]
+    experiment = run([DVC, "exp", "list", "--name-only"], project).split()[0]
+    assert experiment in shown
+
+
+def test_a_tiny_search_after_the_pipeline_writes_best_json_trials_csv_and_plots(project):
+    """`make search` (`dvc repro search/dvc.yaml`) on the reproduced workspace, as a user runs it after `make demo`."""
+    from netslim.search import FIGURES, METRIC
+
+    (project / "search").mkdir()
+    shutil.copy(ROOT / "search" / "dvc.yaml", project / "search" / "dvc.yaml")
+    assert ran_stages(run([DVC, "repro", "search/dvc.yaml"], project)) == {"search/dvc.yaml:search"}
+    out = project / "reports" / "search"
+    for name in ("best.json", "trials.csv", *FIGURES):
+        assert (out / name).stat().st_size > 0, name
+    best = json.loads((out / "best.json").read_text())
+    assert 0 <= best["val_acc"] <= 1 and best["command"].startswith("dvc exp run -S ")
+    import optuna
+
+    study = optuna.load_study(study_name="netslim", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.metric_names == [METRIC] and len(study.trials) == 2

@@ -27,6 +27,15 @@ WIDTHS = [16, 16, 32, 32, 64, 64, 128, 128]
 UNPRUNED_PARAMS = 23_520_842
 # ratio -> (accuracy after pruning, after fine-tuning, params): 0.5 misses max_params, 0.9 meets both.
 PRUNED = {"0.5": (0.81, 0.935, 6_000_000), "0.9": (0.42, 0.912, 1_200_000)}
+# The prune stage's measurement of each pruned model: 2× (batch 1) and 3× (batch 64) the unpruned model timed with it.
+TIMED = {
+    "throughput_b1": 300.0,
+    "throughput_b1_unpruned": 150.0,
+    "speedup_b1": 2.0,
+    "throughput_b64": 9000.0,
+    "throughput_b64_unpruned": 3000.0,
+    "speedup_b64": 3.0,
+}
 
 
 def params_dict(tmp_path: Path) -> dict:
@@ -96,13 +105,7 @@ def write_inputs(config: Config) -> None:
             "flops_unpruned": 2_608_000_000,
             "params_ratio": UNPRUNED_PARAMS / params,
             "macs_ratio": 1_304_000_000 / macs,
-            "throughput_b1": 300.0,
-            "throughput_b1_unpruned": 150.0,
-            "speedup_b1": 2.0,
-            "throughput_b64": 9000.0,
-            "throughput_b64_unpruned": 3000.0,
-            "speedup_b64": 3.0,
-        }
+        } | TIMED
         if label == "0.5":  # a key a stage may not write: the report shows n/a instead of failing
             del prune_metrics["throughput_b64"], prune_metrics["speedup_b64"]
         write_json(layout.prune_reports(label) / "metrics.json", prune_metrics)
@@ -149,7 +152,8 @@ def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Confi
     summary = pd.read_csv(Path(written.paths.reports) / "summary.csv").set_index("model")
     assert list(summary.index) == [
         "unpruned (λ = 0)",
-        "unpruned (λ = 1e-4)",
+        "sparse (λ = 1e-4)",
+        "sparse (λ = 1e-5)",
         "pruned 50%",
         "pruned 50% + fine-tuned",
         "pruned 90%",
@@ -157,18 +161,18 @@ def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Confi
     ]
     assert summary.loc["pruned 90% + fine-tuned", "test_acc"] == PRUNED["0.9"][1]
     assert summary.loc["pruned 90%", "test_acc"] == PRUNED["0.9"][0]
-    assert summary.loc["unpruned (λ = 1e-4)", "test_acc"] == 0.94  # the train metrics of prune.lambda = 1e-4
+    assert summary.loc["sparse (λ = 1e-4)", "test_acc"] == 0.94  # the train metrics of prune.lambda = 1e-4
+    assert summary.loc["sparse (λ = 1e-5)", "test_acc"] == pytest.approx(0.93)
     assert summary.loc["unpruned (λ = 0)", "test_acc"] == pytest.approx(0.92)  # the train metrics of λ = 0
-    assert summary.loc["unpruned (λ = 1e-4)", "num_params"] == UNPRUNED_PARAMS
-    assert summary.loc["unpruned (λ = 1e-4)", "throughput_b1"] == 150.0
+    assert summary.loc["sparse (λ = 1e-4)", "num_params"] == UNPRUNED_PARAMS
     assert summary.loc["pruned 90%", "macs"] == PRUNED["0.9"][2] * 40
     assert summary.loc["pruned 90%", "flops"] == 2 * summary.loc["pruned 90%", "macs"]
-    assert list(summary["stage"]) == ["train", "train", "prune", "finetune", "prune", "finetune"]
-    assert np.isnan(summary.loc["pruned 50%", "throughput_b64"])  # not written by the stage
+    assert list(summary["stage"]) == ["train", "train", "train", "prune", "finetune", "prune", "finetune"]
     # 0.9 fine-tuned meets both; 0.5 fine-tuned is accurate but too big; unpruned is too big; pruned 90% too weak
     assert summary["meets_constraints"].to_dict() == {
         "unpruned (λ = 0)": False,
-        "unpruned (λ = 1e-4)": False,
+        "sparse (λ = 1e-4)": False,
+        "sparse (λ = 1e-5)": False,
         "pruned 50%": False,
         "pruned 50% + fine-tuned": False,
         "pruned 90%": False,
@@ -176,32 +180,76 @@ def test_summary_csv_has_one_row_per_model_with_the_input_numbers(written: Confi
     }
 
 
-def test_summary_json_holds_numbers_only_for_every_model(written: Config) -> None:
-    summary = json.loads((Path(written.paths.reports) / "summary.json").read_text())
-    assert set(summary) == {
+def test_no_table_sets_throughputs_of_different_measurements_side_by_side(written: Config) -> None:
+    summary = pd.read_csv(Path(written.paths.reports) / "summary.csv")
+    assert not [column for column in summary.columns if "throughput" in column or "img" in column]
+    text = (Path(written.paths.reports) / "report.md").read_text()
+    models = text.split("## Models")[1].split("## Pruning")[0]
+    assert "img/s" not in models
+    # the speed table: each pruned model's images/s next to those of the unpruned model timed with it, in one row
+    assert "| pruned 90% | 19.60× | 27.17× | 150 → 300 | 2.00× | 3,000 → 9,000 | 3.00× |" in text
+    assert "| pruned 50% | 3.92× | 5.43× | 150 → 300 | 2.00× | 3,000 → n/a | n/a |" in text  # not written: n/a
+
+
+def test_every_model_gets_a_headline_metrics_file_for_dvc(written: Config) -> None:
+    folder = Path(written.paths.reports) / "metrics"
+    files = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert set(files) == {
         "unpruned_lambda_0",
-        "unpruned",
+        "sparse_lambda_1e-4",
+        "sparse_lambda_1e-5",
         "pruned_0.5",
         "finetuned_0.5",
         "pruned_0.9",
         "finetuned_0.9",
     }
-    for model, values in summary.items():
-        assert {"test_acc", "num_params", "macs", "meets_constraints"} <= set(values), model
-        assert all(type(v) in (int, float) for v in values.values()), (model, values)
-    assert summary["finetuned_0.9"]["meets_constraints"] == 1
-    assert summary["finetuned_0.9"]["test_acc"] == PRUNED["0.9"][1]
-    assert "throughput_b64" not in summary["pruned_0.5"]
+    for model, values in files.items():
+        assert list(values) == sorted(report.HEADLINE), model  # these four and nothing noisy
+    assert files["finetuned_0.9"] == {
+        "test_acc": PRUNED["0.9"][1],
+        "num_params": PRUNED["0.9"][2],
+        "macs": PRUNED["0.9"][2] * 40,
+        "meets_constraints": True,
+    }
+    assert files["sparse_lambda_1e-5"]["macs"] == 1_304_000_000  # the unpruned architecture's, as measured by prune
+
+
+def test_timings_get_files_of_their_own_one_measurement_each(written: Config) -> None:
+    folder = Path(written.paths.reports) / "timings"
+    files = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert set(files) == {"pruned_0.5", "pruned_0.9"}  # no export stage ran here
+    assert files["pruned_0.9"] == TIMED
+    assert "throughput_b64" not in files["pruned_0.5"]  # a value the stage did not write is left out
+
+
+def test_the_export_stages_timings_are_one_file_per_exported_model() -> None:
+    inputs = report.ReportInputs(
+        *({} for _ in range(7)),
+        export_metrics={
+            "threads": 2,
+            "unpruned": {"params": 10},
+            "finetuned_0.9": {"speedup_b1": 1.5, "onnx_images_per_s_b1": 30.0, "onnx_test_acc": 0.9, "params": 5},
+        },
+    )
+    assert report.timing_metrics(inputs) == {"exported_0.9": {"speedup_b1": 1.5, "onnx_images_per_s_b1": 30.0}}
+
+
+def test_a_model_dropped_from_params_leaves_no_stale_metrics_file(tmp_path: Path) -> None:
+    stage.write_json_folder(tmp_path, {"pruned_0.5": {"test_acc": 0.5}, "pruned_0.9": {"test_acc": 0.4}})
+    stage.write_json_folder(tmp_path, {"pruned_0.9": {"test_acc": 0.41}})
+    assert [p.name for p in tmp_path.iterdir()] == ["pruned_0.9.json"]
+    assert json.loads((tmp_path / "pruned_0.9.json").read_text()) == {"test_acc": 0.41}
 
 
 def test_report_md_embeds_every_figure_and_lists_every_model(written: Config) -> None:
     text = (Path(written.paths.reports) / "report.md").read_text()
     for name in report.FIGURES:
         assert f"](figures/{name})" in text
-    for model in ("unpruned (λ = 1e-4)", "unpruned (λ = 0)", "pruned 50%", "pruned 90% + fine-tuned"):
+    models = ("unpruned (λ = 0)", "sparse (λ = 1e-4)", "sparse (λ = 1e-5)", "pruned 50%", "pruned 90% + fine-tuned")
+    for model in models:
         assert f"| {model} |" in text
+    assert "unpruned (λ = 1e-4)" not in text  # a sparse model is never called unpruned
     assert "23,520,842" in text and "91.20%" in text and "1,304.0 M" in text  # formatted numbers
-    assert "n/a" in text  # the missing batch-64 throughput of the 0.5 model
     assert "0.0123" in text and "2.00×" in text  # threshold and realised speedup
     assert "Best feasible model: **pruned 90% + fine-tuned**" in text
 
@@ -264,23 +312,6 @@ def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> 
     assert "pruned 90%: the sparse model scores 94.0%; plain surgery 12.0% (-82.0 points)" in text
     assert "pruned 90%: 42.0% right after pruning, 91.2% after 3 fine-tuning epochs" in text
     assert "pruned 90% + fine-tuned: 91.2% (-0.8 points against unpruned (λ = 0))" in text
-
-
-def test_each_pruned_bar_gets_a_tick_at_the_unpruned_throughput_timed_with_it() -> None:
-    from matplotlib.figure import Figure
-
-    ax = Figure().subplots()
-    names = ["unpruned (λ = 0)", "pruned 50%", "pruned 50% + fine-tuned", "pruned 90%", "pruned 90% + fine-tuned"]
-    prune_metrics = {"0.5": {"throughput_b1_unpruned": 150.0}, "0.9": {"throughput_b1_unpruned": 120.0}}
-    report._reference_ticks(ax, names, prune_metrics, "throughput_b1_unpruned")
-    row = dict(zip(names, range(len(names) - 1, -1, -1), strict=True))  # bars run top to bottom
-    ticks = {(float(line.get_xdata()[0]), round(float(np.mean(line.get_ydata())))) for line in ax.get_lines()}
-    assert ticks == {
-        (150.0, row["pruned 50%"]),
-        (150.0, row["pruned 50% + fine-tuned"]),
-        (120.0, row["pruned 90%"]),
-        (120.0, row["pruned 90% + fine-tuned"]),
-    }
 
 
 def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_the_export_ran() -> None:

@@ -1,10 +1,11 @@
 """Markdown for a pull request: how the metrics and params of the workspace differ from a git revision.
 
 The numbers come from `dvc metrics diff --json REV` and `dvc params diff --json REV` (the project's own
-dvc, the workspace against REV). Each metrics file gets one table per model (summary.json holds one
-block per model: unpruned, pruned_0.9, finetuned_0.9, ...) with old, new, delta and relative change;
-params get one table of old and new values. The first line is a hidden marker, so a CI job can find
-its earlier comment on the pull request and edit it instead of adding another.
+dvc, the workspace against REV). Each metrics file gets a table (the report stage writes one file per
+model, reports/metrics/<model>.json) with old, new, delta and relative change; params get one table of
+old and new values. The timings (reports/timings/, not DVC metrics: they change on every rerun) get tables
+of their own under a heading that says they are noisy, folded away. The first line is a hidden marker, so a
+CI job can find its earlier comment on the pull request and edit it instead of adding another.
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ def require_dvc_project(cwd: Path) -> None:
         raise CIReportError(f"{cwd}: not inside a DVC project (no .dvc folder here or above); run it in the project")
 
 
-def dvc_diff(kind: str, rev: str, cwd: Path, unchanged: bool = False) -> Diff:
-    """`dvc <kind> diff --json <rev>`: the workspace against `rev`, as {file: {key: {old, new, ...}}}."""
-    result = _run([dvc_executable(), kind, "diff", "--json", *(["--all"] if unchanged else []), rev], cwd)
+def dvc_diff(kind: str, rev: str, cwd: Path, unchanged: bool = False, targets: tuple[str, ...] = ()) -> Diff:
+    """`dvc <kind> diff --json <rev>`: the workspace against `rev`, as {file: {key: {old, new, ...}}}; with
+    `targets`, those files or folders instead of the declared ones."""
+    options = ["--json", *(["--all"] if unchanged else []), rev]  # before --targets, which takes every word after it
+    result = _run([dvc_executable(), kind, "diff", *options, *(["--targets", *targets] if targets else [])], cwd)
     if result.returncode != 0:
         raise CIReportError(f"dvc {kind} diff {rev}: {_last_line(result.stderr)}")
     try:
@@ -182,8 +185,30 @@ def format_delta(change: Change) -> tuple[str, str]:
     return text, _ABSENT if percent is None else f"{percent:+.1f}%"
 
 
-def render(base: str, sha: str, metrics: Diff, params: Diff) -> str:
-    """The whole comment: metric tables, the params table, and a line for whatever did not change."""
+TIMINGS_NOTE = (
+    "Throughputs and speedups, measured on the machine that ran the stages under its load at the time: a rerun with "
+    "nothing changed moves them by 10-25%. Each file is one measurement (a pruned model timed interleaved with the "
+    "unpruned model): compare the speedups inside it, not throughputs across runs."
+)
+
+
+def _tables(changed: Mapping[str, list[Change]]) -> list[str]:
+    lines = []
+    for title, changes in changed.items():
+        lines += [f"#### {title}", "", "| metric | old | new | delta | change |", "|---|---:|---:|---:|---:|"]
+        for change in changes:
+            delta, percent = format_delta(change)
+            lines.append(
+                f"| {change.name} | {format_value(change.old)} | {format_value(change.new)} | {delta} | {percent} |"
+            )
+        lines.append("")
+    return lines
+
+
+def render(base: str, sha: str, metrics: Diff, params: Diff, timings: Diff | None = None) -> str:
+    """The whole comment: metric tables, the params table, the (noisy) timings folded away, and a line for whatever
+    did not change."""
+    timings = timings or Diff({}, [])
     lines = [MARKER, f"## netslim: metrics and params against `{base}` ({sha[:8]})", ""]
     lines += [f"> dvc: {warning}" for warning in metrics.warnings + params.warnings]
     tables = metric_tables(metrics.files)
@@ -192,17 +217,15 @@ def render(base: str, sha: str, metrics: Diff, params: Diff) -> str:
             f"`{base}` has no metrics to compare with: commit `dvc.lock` and the metrics files on the base branch.",
             "",
         ]
-    lines += ["### Metrics", ""]
-    for title, changes in tables.items():
-        lines += [f"#### {title}", "", "| metric | old | new | delta | change |", "|---|---:|---:|---:|---:|"]
-        for change in changes:
-            delta, percent = format_delta(change)
-            lines.append(
-                f"| {change.name} | {format_value(change.old)} | {format_value(change.new)} | {delta} | {percent} |"
-            )
-        lines.append("")
+    lines += ["### Metrics", "", *_tables(tables)]
     if not tables:
         lines += ["No metric changed.", ""]
+    timing_tables = metric_tables(timings.files)
+    if timing_tables:
+        summary = "Timings (noisy: they change on every rerun)"
+        lines += ["### Timings", "", f"<details><summary>{summary}</summary>", "", TIMINGS_NOTE, ""]
+        lines += [f"> dvc: {warning}" for warning in timings.warnings]
+        lines += [*_tables(timing_tables), "</details>", ""]
     lines += ["### Params", ""]
     changed = param_changes(params.files)
     if changed:
@@ -213,11 +236,13 @@ def render(base: str, sha: str, metrics: Diff, params: Diff) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(base: str, cwd: str | Path = ".") -> str:
-    """The markdown comparing the workspace of the project at `cwd` with the git revision `base`."""
+def build_report(base: str, cwd: str | Path = ".", timings: str = "reports/timings") -> str:
+    """The markdown comparing the workspace of the project at `cwd` with the git revision `base`; `timings` is the
+    report stage's folder of timings (<paths.reports>/timings), relative to `cwd`."""
     cwd = Path(cwd)
     sha = resolve_revision(base, cwd)
     require_dvc_project(cwd)
     # Unchanged metrics too, to tell "the base has no metrics" from "only new metrics appeared".
     metrics = dvc_diff("metrics", base, cwd, unchanged=True)
-    return render(base, sha, metrics, dvc_diff("params", base, cwd))
+    timed = dvc_diff("metrics", base, cwd, targets=(timings,))
+    return render(base, sha, metrics, dvc_diff("params", base, cwd), timed)

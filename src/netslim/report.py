@@ -34,7 +34,7 @@ FIGURES = {
     "finetune_accuracy.png": "Fine-tuning",
     "model_comparison.png": "Model comparison",
 }
-BASELINE = "unpruned_lambda_0"  # summary key of the model trained with λ = 0, when the pruned λ is another
+BASELINE = "unpruned_lambda_0"  # model key of the run trained with λ = 0: what the other models are measured against
 SMALL_GAMMA = 0.05  # |γ| below this counts as "near zero" in the captions (the issue's and the paper's eye-ball line)
 SEED_LAMBDA_LABEL = "1e-4"  # the λ of the 40-epoch seed experiment, against which a scaled demo λ is stated
 SEED_LAMBDA = float(SEED_LAMBDA_LABEL)
@@ -118,22 +118,12 @@ def fmt_bool(value: bool | None) -> str:
 # ---- the summary table ------------------------------------------------------------------------------
 
 
-def _reference(inputs: ReportInputs) -> dict[str, Any]:
-    """The unpruned model's measurements, taken from the first prune run that wrote them.
-
-    Every prune run measures the unpruned model again next to its pruned one (interleaved, so each speedup is
-    fair); for the unpruned row one of those measurements is as good as another.
-    """
-    keys = (
-        "macs_unpruned",
-        "flops_unpruned",
-        "throughput_b1_unpruned",
-        "throughput_b64_unpruned",
-        "num_params_unpruned",
-    )
+def _unpruned_architecture(inputs: ReportInputs) -> dict[str, Any]:
+    """Params and MACs of the unpruned architecture (every λ trains the same one), from the first prune run that
+    wrote them."""
     out: dict[str, Any] = {}
     for metrics in inputs.prune_metrics.values():
-        for key in keys:
+        for key in ("num_params_unpruned", "macs_unpruned", "flops_unpruned"):
             if key not in out and number(metrics, key) is not None:
                 out[key] = metrics[key]
     return out
@@ -144,34 +134,40 @@ def _flops(values: Mapping[str, Any], macs: float | None) -> float | None:
     return flops if flops is not None or macs is None else 2 * macs
 
 
-def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, Any]]:
-    """One row per model, keyed as in summary.json ("unpruned", "pruned_0.9", "finetuned_0.9").
+def train_key(lam: str) -> str:
+    """The model key of a sparsity-training run: λ = 0 trains the unpruned baseline, any other λ a sparse model."""
+    return BASELINE if lam == "0" else f"sparse_lambda_{lam}"
 
-    None marks a value no stage wrote (an empty cell in summary.csv, "n/a" in report.md).
+
+def train_name(lam: str) -> str:
+    return "unpruned (λ = 0)" if lam == "0" else f"sparse (λ = {lam})"
+
+
+def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, Any]]:
+    """One row per model of params.yaml: every λ of sparsity training ("unpruned_lambda_0", "sparse_lambda_1e-2"),
+    then per ratio the pruned and the fine-tuned model ("pruned_0.9", "finetuned_0.9").
+
+    No throughput: each one is timed in its own measurement (README "DVC views"); speed is compared as speedups, each
+    pruned model against the unpruned model timed with it. None marks a value no stage wrote (an empty cell in
+    summary.csv, "n/a" in report.md).
     """
-    train = inputs.train_metrics[config.prune.lambda_]
-    ref = _reference(inputs)
-    macs = number(ref, "macs_unpruned")
-    unpruned = {
-        "stage": "train",
-        "ratio": 0.0,
-        "num_params": number(train, "num_params") or number(ref, "num_params_unpruned"),
-        "macs": macs,
-        "flops": number(ref, "flops_unpruned") or (2 * macs if macs is not None else None),
-        "throughput_b1": number(ref, "throughput_b1_unpruned"),
-        "throughput_b64": number(ref, "throughput_b64_unpruned"),
-    }
+    arch = _unpruned_architecture(inputs)
+    macs = number(arch, "macs_unpruned")
+    lambdas = sorted(inputs.train_metrics, key=lambda lam: lam != "0")  # the unpruned baseline first
     rows = {}
-    baseline = inputs.train_metrics.get("0")
-    if baseline is not None and config.prune.lambda_ != "0":
-        # The same architecture trained without the penalty: what the sparse and pruned models are measured against.
-        rows[BASELINE] = {"model": "unpruned (λ = 0)", "test_acc": number(baseline, "test_acc")} | unpruned
-    rows["unpruned"] = {"model": f"unpruned (λ = {config.prune.lambda_})", "test_acc": number(train, "test_acc")}
-    rows["unpruned"] |= unpruned
+    for lam in lambdas:
+        train = inputs.train_metrics[lam]
+        rows[train_key(lam)] = {
+            "model": train_name(lam),
+            "stage": "train",
+            "ratio": 0.0,
+            "test_acc": number(train, "test_acc"),
+            "num_params": number(train, "num_params") or number(arch, "num_params_unpruned"),
+            "macs": macs,
+            "flops": number(arch, "flops_unpruned") or (2 * macs if macs is not None else None),
+        }
     for label, pm in inputs.prune_metrics.items():
         fm = inputs.finetune_metrics[label]
-        # Fine-tuning changes weights, not shapes: the pruned model's measured throughput is the fine-tuned one's.
-        speed = {"throughput_b1": number(pm, "throughput_b1"), "throughput_b64": number(pm, "throughput_b64")}
         for key, stage, metrics, acc_key in (
             (f"pruned_{label}", "prune", pm, "test_acc_before_finetune"),
             (f"finetuned_{label}", "finetune", fm, "test_acc"),
@@ -185,24 +181,69 @@ def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, An
                 "num_params": number(metrics, "num_params"),
                 "macs": macs,
                 "flops": _flops(metrics, macs),
-            } | speed
+            }
     for row in rows.values():
         row["meets_constraints"] = meets_constraints(config.constraints, row["test_acc"], row["num_params"])
     return rows
 
 
-def summary_metrics(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """summary.json for `dvc metrics show`: numbers only (bools as 0/1), unknown values and names left out."""
+HEADLINE = ("test_acc", "num_params", "macs", "meets_constraints")  # reports/metrics/<model>.json, in this order
+
+
+def headline_metrics(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model, what `dvc metrics show` lists: HEADLINE's values that are known (the verdict a bool)."""
+    return {key: {name: row[name] for name in HEADLINE if row.get(name) is not None} for key, row in rows.items()}
+
+
+# What each measurement timed, kept apart from the headline metrics: timings move from run to run (the machine's
+# load), so `dvc metrics diff` would report them as changed on every rerun. Each file holds one measurement, the
+# unpruned model timed interleaved with the pruned one, so the speedup inside a file is a fair comparison.
+PRUNE_TIMINGS = ("throughput_b{b}", "throughput_b{b}_unpruned", "speedup_b{b}")  # eager PyTorch, the prune stage
+EXPORT_TIMINGS = ("onnx_images_per_s_b{b}", "onnx_images_per_s_unpruned_b{b}", "speedup_b{b}", "eager_speedup_b{b}")
+
+
+def timing_metrics(inputs: ReportInputs) -> dict[str, dict[str, float]]:
+    """reports/timings/<measurement>.json: "pruned_<ratio>" (the prune stage, eager PyTorch) and "exported_<ratio>"
+    (the export stage: the fine-tuned model's ONNX export against the exported unpruned model)."""
+    measurements: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
+        f"pruned_{label}": (metrics, PRUNE_TIMINGS) for label, metrics in inputs.prune_metrics.items()
+    }
+    exported = {k: v for k, v in inputs.export_metrics.items() if k.startswith("finetuned_") and isinstance(v, Mapping)}
+    measurements |= {f"exported_{k.removeprefix('finetuned_')}": (v, EXPORT_TIMINGS) for k, v in exported.items()}
     out = {}
-    for key, row in rows.items():
-        values = {}
-        for name, value in row.items():
-            if isinstance(value, bool):
-                values[name] = int(value)
-            elif isinstance(value, int | float) and math.isfinite(value):
-                values[name] = value
-        out[key] = values
+    for name, (metrics, keys) in measurements.items():
+        names = [key.format(b=b) for b in _batch_sizes({name: metrics}) for key in keys]
+        values = {key: number(metrics, key) for key in names if number(metrics, key) is not None}
+        if values:
+            out[name] = values
     return out
+
+
+# ---- curves for DVC's plots ------------------------------------------------------------------------
+
+
+def curves(inputs: ReportInputs) -> dict[str, list[dict[str, Any]]]:
+    """reports/curves/*.csv: every λ's sparsity training per epoch; every ratio's fine-tuning per epoch, from epoch 0,
+    the pruned model's accuracy before fine-tuning.
+
+    dvc.yaml's top-level plots overlay them, one line per `model` (.dvc/plots/lines_by_model.json): long tables, so
+    any number of λ and ratios overlay without dvc.yaml naming each run's file.
+    """
+    training = [
+        {"model": train_name(lam), "lambda": lam} | {k: row[k] for k in ("epoch", "test_acc", "sparsity")}
+        for lam, history in inputs.train_history.items()
+        for row in history.to_dict("records")
+    ]
+    finetuning = []
+    for label, history in inputs.finetune_history.items():
+        name = model_name(label, finetuned=False)  # the pruned model the curve fine-tunes
+        before = number(inputs.prune_metrics.get(label, {}), "test_acc_before_finetune")
+        start = [{"epoch": 0, "test_acc": before}] if before is not None else []
+        finetuning += [
+            {"model": name, "ratio": label, "epoch": row["epoch"], "test_acc": row["test_acc"]}
+            for row in start + history.to_dict("records")
+        ]
+    return {"sparsity_training.csv": training, "finetuning.csv": finetuning}
 
 
 # ---- figures ----------------------------------------------------------------------------------------
@@ -319,14 +360,9 @@ def finetune_accuracy(
     return fig
 
 
-def _bar_positions(names: list[str]) -> np.ndarray:
-    """The y of each name's bar: top to bottom in table order."""
-    return np.arange(len(names))[::-1]
-
-
 def _bars(ax: Axes, names: list[str], values: list[float | None], colors: list[str], fmt) -> None:
     """Horizontal bars, top to bottom in table order, each labelled with its value (n/a for unknown)."""
-    y = _bar_positions(names)
+    y = np.arange(len(names))[::-1]
     ax.barh(y, [0 if v is None else v for v in values], color=colors)
     for yi, v in zip(y, values, strict=True):
         ax.text(0 if v is None else v, yi, f" {NA if v is None else fmt(v)}", va="center", fontsize=8)
@@ -341,63 +377,30 @@ def model_comparison(
     constraints: ConstraintsConfig,
     export_metrics: Mapping[str, Any] | None = None,
 ) -> Figure:
-    """Every model side by side, with the constraint lines and each pruned model's speedup against its MACs ratio
-    (measured in eager PyTorch by the prune stage, and in ONNX Runtime by the export stage when it has run)."""
+    """Every model side by side (accuracy, params, MACs) with the constraint lines, and each pruned model's speedup
+    against its MACs ratio: measured in eager PyTorch by the prune stage, and in ONNX Runtime by the export stage when
+    it has run. No throughput bars: each model is timed in its own measurement, under its own load, so only a
+    speedup (against the unpruned model timed with it) compares like with like."""
     names = [r["model"] for r in rows]
     colors = [STAGE_COLORS.get(r["stage"], "tab:blue") for r in rows]
 
     def column(key: str, scale: float = 1.0) -> list[float | None]:
         return [None if r[key] is None else r[key] / scale for r in rows]
 
-    fig = _figure(13, 8.5)
-    (acc, params, macs), (b1, b64, speed) = fig.subplots(2, 3)
+    fig = _figure(11, 8.5)
+    (acc, params), (macs, speed) = fig.subplots(2, 2)
     _bars(acc, names, column("test_acc", 0.01), colors, lambda v: f"{v:.1f}%")
     acc.axvline(constraints.min_accuracy * 100, color="tab:red", ls="--")
     acc.set(title=f"Test accuracy (dashed: min {constraints.min_accuracy:.0%})", xlabel="accuracy (%)")
     _bars(params, names, column("num_params", 1e6), colors, lambda v: f"{v:.2f} M")
     params.axvline(constraints.max_params / 1e6, color="tab:red", ls="--")
     params.set(title=f"Parameters (dashed: max {constraints.max_params / 1e6:g} M)", xlabel="parameters (millions)")
+    params.tick_params(labelleft=False)  # same models in the same order as the panel on its left
     _bars(macs, names, column("macs", 1e6), colors, lambda v: f"{v:,.1f} M")
     macs.set(title="MACs per image", xlabel="MACs (millions); FLOPs = 2 × MACs")
-    for ax, key, batch in ((b1, "throughput_b1", 1), (b64, "throughput_b64", 64)):
-        _bars(ax, names, column(key), colors, lambda v: f"{v:,.0f}")
-        _reference_ticks(ax, names, prune_metrics, f"{key}_unpruned")
-        ax.set(title=f"Measured throughput, batch {batch}", xlabel="images / s")
-    for ax in (params, macs, b64):  # same models in the same order as the panel on their left
-        ax.tick_params(labelleft=False)
-    fig.suptitle("Unpruned (grey), pruned before fine-tuning (orange) and after fine-tuning (green)")
+    fig.suptitle("Unpruned and sparse (grey), pruned before fine-tuning (orange) and after fine-tuning (green)")
     _speedups(speed, prune_metrics, export_metrics or {})
     return fig
-
-
-def _reference_ticks(
-    ax: Axes, names: list[str], prune_metrics: Mapping[str, Mapping[str, Any]], reference_key: str
-) -> None:
-    """A black tick on each pruned model's bar at the unpruned model's throughput timed in the same rounds.
-
-    Each prune stage times its own pair, so two stages may see the machine under different load: a pruned model
-    is faster than the tick on its own bar, not necessarily than the grey bar measured by another stage.
-    """
-    y = _bar_positions(names)
-    drawn = False
-    for label, metrics in prune_metrics.items():
-        reference = number(metrics, reference_key)
-        if reference is None:
-            continue
-        for finetuned in (False, True):
-            name = model_name(label, finetuned=finetuned)
-            if name in names:
-                yi = y[names.index(name)]
-                ax.plot(
-                    [reference, reference],
-                    [yi - 0.4, yi + 0.4],
-                    color="k",
-                    lw=2,
-                    label=None if drawn else "unpruned, timed with it",
-                )
-                drawn = True
-    if drawn:
-        ax.legend(loc="lower right", fontsize=7)
 
 
 def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]], export_metrics: Mapping[str, Any]) -> None:
@@ -426,7 +429,7 @@ def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]], export_m
             ax.text(v or 0, yi, f" {fmt_ratio(v)}", va="center", fontsize=7)
     ax.axvline(1, color="k", lw=1)
     ax.set_yticks(y, [model_name(label, finetuned=False) for label in labels], fontsize=8)
-    ax.set(title="Speedup: MACs ratio vs measured", xlabel="× the unpruned model")
+    ax.set(title="Speedup: MACs ratio vs measured", xlabel="× the unpruned model timed in the same measurement")
     ax.margins(x=0.25)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7)  # below: no bar or label hidden
@@ -498,7 +501,7 @@ def _settings(inputs: ReportInputs, config: Config) -> str:
 
 
 def _comparison(rows: list[dict[str, Any]]) -> str:
-    header = ["model", "test accuracy", "params", "MACs", "FLOPs", "img/s (batch 1)", "img/s (batch 64)", "meets"]
+    header = ["model", "test accuracy", "params", "MACs", "FLOPs", "meets"]
     cells = [
         [
             r["model"],
@@ -506,8 +509,6 @@ def _comparison(rows: list[dict[str, Any]]) -> str:
             fmt_int(r["num_params"]),
             fmt_millions(r["macs"]),
             fmt_millions(r["flops"]),
-            fmt_rate(r["throughput_b1"]),
-            fmt_rate(r["throughput_b64"]),
             fmt_bool(r["meets_constraints"]),
         ]
         for r in rows
@@ -536,12 +537,17 @@ def _pruning(prune_metrics: Mapping[str, Mapping[str, Any]], saved: str) -> str:
 
 
 def _speed(prune_metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    header = ["pruned model", "params ratio", "MACs ratio", "speedup (batch 1)", "speedup (batch 64)"]
-    keys = ("params_ratio", "macs_ratio", "speedup_b1", "speedup_b64")
-    cells = [
-        [model_name(label, finetuned=False), *(fmt_ratio(number(m, k)) for k in keys)]
-        for label, m in prune_metrics.items()
-    ]
+    """Per pruned model, its measurement: its images/s next to the unpruned model's timed with it, and the speedup."""
+    batches = _batch_sizes(prune_metrics)
+    header = ["pruned model", "params ratio", "MACs ratio"]
+    header += [h for b in batches for h in (f"img/s unpruned → pruned (batch {b})", f"speedup (batch {b})")]
+    cells = []
+    for label, m in prune_metrics.items():
+        row = [model_name(label, finetuned=False), *(fmt_ratio(number(m, k)) for k in ("params_ratio", "macs_ratio"))]
+        for b in batches:
+            unpruned, pruned = number(m, f"throughput_b{b}_unpruned"), number(m, f"throughput_b{b}")
+            row += [f"{fmt_rate(unpruned)} → {fmt_rate(pruned)}", fmt_ratio(number(m, f"speedup_b{b}"))]
+        cells.append(row)
     return markdown_table(header, cells)
 
 
@@ -771,7 +777,7 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
             f"{fmt_pct(float(at_best.iloc[0]) if len(at_best) else None, 1)} at the best validation epoch "
             f"({int(best)} of {len(h)})"
         )
-        if BASELINE in rows:
+        if BASELINE in rows and lam != "0":
             baseline = fmt_pct(rows[BASELINE]["test_acc"], 1)
             text += f"; the same network trained without the penalty (λ = 0) reached {baseline}"
         text += "."
@@ -826,7 +832,7 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         f"constraint ({config.constraints.min_accuracy:.0%}) dashed: " + "; ".join(parts) + "."
     )
 
-    reference = rows.get(BASELINE) or rows.get("unpruned", {})
+    reference = rows.get(BASELINE) or rows.get(train_key(lam), {})
     parts = []
     for label, m in inputs.prune_metrics.items():
         tuned = rows.get(f"finetuned_{label}", {})
@@ -839,7 +845,8 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
             + _exported_speedup(inputs.export_metrics.get(f"finetuned_{label}"))
         )
     texts["model_comparison.png"] = (
-        "Every model side by side with the constraint lines (grey: unpruned, orange: pruned, green: fine-tuned). "
+        "Every model side by side with the constraint lines (grey: unpruned and sparse, orange: pruned, green: "
+        "fine-tuned), and the speedups, each measured against the unpruned model timed with it. "
         + "; ".join(parts)
         + "."
     )
@@ -864,11 +871,11 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         _settings(inputs, config),
         "## Models",
         _comparison(list(rows.values())),
-        "Accuracy is on the test set (best validation epoch). MACs are per image; FLOPs = 2 × MACs. Throughput is "
-        "measured in eval mode by the prune stage, the unpruned model timed interleaved with each pruned one; "
-        "fine-tuning keeps the architecture, so a fine-tuned model's throughput is its pruned model's. Each prune "
-        "stage times its own pair, possibly under another load than the unpruned row's: compare a pruned model by its "
-        "speedup (Speed, below), or with the tick on its bar in the figure.",
+        "Accuracy is on the test set (best validation epoch). MACs are per image; FLOPs = 2 × MACs. A sparse model "
+        "is the unpruned architecture trained with the L1 penalty of its λ; the pruned models come from the one of "
+        f"λ = {config.prune.lambda_}. Speed is not in this table: each pruned model is timed in a measurement of its "
+        "own, interleaved with the unpruned model (Speed, below), and throughputs of different measurements do not "
+        "compare.",
         "## Pruning",
         "Test accuracy right after pruning, before any fine-tuning, four ways: plain surgery; with the removed "
         "channels' constant output relu(β) folded into the next layer (bias compensation); with every BN's running "
@@ -877,7 +884,9 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         _pruning(inputs.prune_metrics, saved_repair(config)),
         pruning_text(inputs),
         "## Speed",
-        "The speedup the MACs promise (MACs ratio) next to the speedup measured:",
+        "The speedup the MACs promise (MACs ratio) next to the speedup measured by the prune stage in eager PyTorch, "
+        "each pruned model timed interleaved with the unpruned model in one measurement (its images/s shown with "
+        "it); fine-tuning keeps the architecture, so the fine-tuned model runs as fast:",
         _speed(inputs.prune_metrics),
         *export_markdown(inputs.export_metrics, inputs.export_widths),
         "## Constraints",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from netslim.ci_report import CIReportError, build_report
 from netslim.config import Config
@@ -20,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    # The config is unused: the diff reads params.yaml and the metrics files through dvc, at both revisions.
+    # The diff reads params.yaml and the metrics files through dvc, at both revisions; the config names only the
+    # report stage's timings folder, which is no DVC metric and so must be named to dvc.
     try:
-        markdown = build_report(args.base)
+        markdown = build_report(args.base, timings=str(Path(config.paths.reports) / "timings"))
     except CIReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

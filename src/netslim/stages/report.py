@@ -1,8 +1,11 @@
-"""`netslim report`: figures, summary.{csv,json} and report.md from what train, prune and finetune wrote.
+"""`netslim report`: figures, tables, report.md and DVC's views of the run, from what the other stages wrote.
 
 Reads every input first and stops with one line naming the first missing file (the CLI exits 2) before
 anything is written; then builds every figure and table in memory, and only then writes them, atomically.
-Writes <paths.reports>/{figures/*.png, summary.csv, summary.json, report.md}.
+Writes <paths.reports>/{figures/*.png, summary.csv, report.md} and the files DVC shows (README "DVC views"):
+metrics/<model>.json (the headline metrics, one file per model so `dvc metrics show` prints one row each),
+timings/<measurement>.json (throughputs and speedups, noisy, kept out of `dvc metrics show`) and curves/*.csv
+(every λ's and every ratio's accuracy per epoch in one table each, which dvc.yaml's top-level plots overlay).
 """
 
 from __future__ import annotations
@@ -101,6 +104,15 @@ def png_bytes(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
+def write_json_folder(folder: Path, files: dict[str, dict[str, Any]]) -> None:
+    """<folder>/<name>.json for each entry, then the folder's other .json files removed: a model no longer in
+    params.yaml must not linger as a row of `dvc metrics show`."""
+    for name, values in files.items():
+        write_json(folder / f"{name}.json", values)
+    for stale in set(folder.glob("*.json")) - {folder / f"{name}.json" for name in files}:
+        stale.unlink()
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     inputs = load_inputs(config)  # a missing input stops here, before an MLflow run or any file exists
     out = Path(config.paths.reports)
@@ -109,11 +121,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         figures = report.figures(inputs, config)
         pngs = {name: png_bytes(fig) for name, fig in figures.items()}  # rendered before any file is written
         text = report.markdown(inputs, config, rows)
-        metrics = report.summary_metrics(rows)
         for name, data in pngs.items():
             atomic_write_bytes(out / "figures" / name, data)
         write_csv(out / "summary.csv", list(rows.values()))
-        write_json(out / "summary.json", metrics)
+        write_json_folder(out / "metrics", report.headline_metrics(rows))
+        write_json_folder(out / "timings", report.timing_metrics(inputs))
+        for name, rows_of_curve in report.curves(inputs).items():
+            write_csv(out / "curves" / name, rows_of_curve)
         atomic_write_text(out / "report.md", text)  # last: its links point at the files above
         for name in pngs:  # the files just written: log_figure would render every figure a second time (3 s)
             tracker.artifact(out / "figures" / name, "figures")
