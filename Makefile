@@ -33,17 +33,19 @@ $(STAMP): pyproject.toml
 # `dvc plots show` writes a page that loads vega, vega-lite and vega-embed from a CDN: blank offline. .dvc/config
 # (plots.html_template) points it at this page instead, which carries the three bundles inline, from npm, at the
 # major versions dvc-render writes its specs for (vega-lite v5). Built here, not committed: 0.8 MB of minified code.
+# set -e: a missing bundle fails the build instead of leaving a page without it; the trap drops a half-written page.
 PLOTS_PAGE := .dvc/plots/offline.html
 VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
 VEGA_BUILD := $(VENV)/vega/node_modules
 $(PLOTS_PAGE): Makefile | system-deps
 	npm install --prefix $(VENV)/vega --no-save --no-audit --no-fund --silent $(VEGA_PACKAGES)
+	set -e; trap 'rm -f $@.tmp' EXIT; \
 	{ printf '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n{refresh_tag}\n<title>DVC plots</title>\n'; \
 	  for js in vega vega-lite vega-embed; do \
 	    printf '<script>\n'; cat $(VEGA_BUILD)/$$js/build/$$js.min.js; printf '\n</script>\n'; \
 	  done; \
 	  printf '<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; \
-	} > $@.tmp && mv $@.tmp $@
+	} > $@.tmp; mv $@.tmp $@
 
 setup: $(STAMP) system-deps $(PLOTS_PAGE)
 
