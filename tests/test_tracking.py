@@ -122,6 +122,28 @@ def prepare_in_process(project: Path) -> None:
     prepare(config.data, config.experiment.seed, project / config.paths.raw, project / config.paths.prepared)
 
 
+def wait_for_first_epoch(client, process: subprocess.Popen, timeout: float = 300):
+    """The run of the training `process` once its first epoch's metrics are in the store (the process still running)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("netslim")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            assert process.poll() is None, "training ended before its first epoch was logged"
+            return runs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no epoch logged in {timeout:.0f} s (exit code {process.poll()})")
+
+
+def stage_script(body: str) -> str:
+    """Python for `python -c SCRIPT URI NAME`: one stage run named NAME tracked to URI, running `body` inside."""
+    return (
+        "import sys\nfrom netslim import tracking\nfrom netslim.config import config_from_dict\n"
+        "config = config_from_dict({'tracking': {'uri': sys.argv[1]}})\n"
+        f"with tracking.stage_run(config, 'prepare', sys.argv[2]) as run:\n    {body}\n"
+    )
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -209,16 +231,31 @@ def test_one_run_per_stage_with_readable_names_and_tags(tracked):
         tags = run.data.tags
         assert {k: tags.get(k) for k in expected[name]} == expected[name], name
         assert tags["arch"] == "resnet50" and tags["dataset"] == "fashion-mnist", name
-        assert tags["git_commit"] == tracked.commit, name
+        assert tags["mlflow.source.git.commit"] == tracked.commit, name  # MLflow's own tag, which its UI shows
+        assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == (f"netslim {tags['stage']}", "LOCAL")
         assert tags["pipeline_id"] == PIPELINE_ID, name
 
 
+# What tells each stage's runs apart, logged as params beside dvc.yaml's keys (the compare view shows them).
+DISTINGUISHING = {
+    "prepare fashion-mnist": {},
+    "train λ=1e-4": {"lambda": "1e-4"},
+    "prune 50%": {"ratio": "0.5", "lambda": "1e-4"},
+    "prune 90%": {"ratio": "0.9", "lambda": "1e-4"},
+    "finetune 50%": {"ratio": "0.5", "lambda": "1e-4"},
+    "finetune 90%": {"ratio": "0.9", "lambda": "1e-4"},
+    "report": {"lambda": "1e-4", "lambdas": "[1e-4]", "ratios": "[0.5, 0.9]"},
+}
+
+
 @pytest.mark.slow
-def test_each_stage_logs_exactly_the_params_dvc_yaml_lists_for_it_as_written(tracked):
+def test_each_stage_logs_the_params_dvc_yaml_lists_and_what_distinguishes_its_runs_as_written(tracked):
     params = yaml.safe_load((tracked.project / "params.yaml").read_text())
     for name, run in tracked.runs.items():
         stage = run.data.tags["stage"]
-        assert set(run.data.params) == dvc_params_keys(stage, params), name
+        distinguishing = DISTINGUISHING[name]
+        assert set(run.data.params) == dvc_params_keys(stage, params) | set(distinguishing), name
+        assert {k: run.data.params[k] for k in distinguishing} == distinguishing, name
     train = tracked.runs["train λ=1e-4"].data.params
     assert train["train.epochs"] == str(TRAIN_EPOCHS) and train["model.arch"] == "resnet50"
     assert train["train.milestones"] == "[0.5, 0.75]" and train["experiment.deterministic"] == "true"
@@ -328,7 +365,8 @@ def test_gamma_histograms_are_step_images_and_cfg_is_logged(tracked, tracking_ur
     train = tracked.runs["train λ=1e-4"].info.run_id
     images = mlflow.artifacts.list_artifacts(run_id=train, artifact_path="images", tracking_uri=tracked.uri)
     full = sorted((Path(f.path).name for f in images if f.path.endswith(".png")), key=lambda n: int(n.split("+")[2]))
-    assert [n.split("+")[:3] for n in full] == [["gamma_histogram", "step", str(e)] for e in range(1, TRAIN_EPOCHS + 1)]
+    steps = [["gamma_histogram", "step", str(e)] for e in range(TRAIN_EPOCHS + 1)]  # step 0: the initial γ
+    assert [n.split("+")[:3] for n in full] == steps
     png = mlflow.artifacts.download_artifacts(
         run_id=train, artifact_path=f"images/{full[-1]}", dst_path=str(tmp_path), tracking_uri=tracked.uri
     )
@@ -402,11 +440,20 @@ def test_one_registered_model_holds_every_finetuned_version_and_champion_is_the_
 
 
 @pytest.mark.slow
-def test_report_logs_its_summary_as_a_table_and_figures_not_metrics(tracked, tracking_uri_env, tmp_path):
+def test_report_logs_its_summary_as_a_table_figures_and_each_models_accuracy_and_size(
+    tracked, tracking_uri_env, tmp_path
+):
     import mlflow
 
     report = tracked.runs["report"]
-    assert report.data.metrics == {}
+    summary_json = json.loads((tracked.project / "reports/summary.json").read_text())
+    expected = {
+        f"{model}/{key}": pytest.approx(value)
+        for model, values in summary_json.items()
+        for key, value in values.items()
+        if key in ("test_acc", "num_params", "macs", "meets_constraints")
+    }
+    assert report.data.metrics == expected and "finetuned_0.9/test_acc" in expected  # no throughput of other runs
     assert json.loads(report.data.tags["mlflow.loggedArtifacts"]) == [{"path": "summary.json", "type": "table"}]
     logged = mlflow.artifacts.load_dict(f"runs:/{report.info.run_id}/summary.json")  # what mlflow.load_table reads
     table = [dict(zip(logged["columns"], row, strict=True)) for row in logged["data"]]
@@ -452,6 +499,58 @@ def test_readme_tracking_section_names_only_what_is_logged(tracked):
     assert {"sparse-1e-4", "pruned-0_9", "finetuned-0_9"} <= models
 
 
+@pytest.mark.slow
+def test_every_run_has_headline_metrics_and_a_description_with_them(tracked):
+    for name, run in tracked.runs.items():
+        note = run.data.tags["mlflow.note.content"]
+        assert note.startswith(f"**{name}**"), name
+        rows = dict(re.findall(r"^\| (\S+) \| (\S+) \|$", note, flags=re.M))
+        rows.pop("metric")
+        assert rows, f"{name}: no headline numbers"
+        for key, shown in rows.items():
+            assert float(shown.replace(",", "")) == pytest.approx(run.data.metrics[key], rel=1e-3), (name, key)
+    assert {"best_test_acc", "best_sparsity", "num_params"} <= set(tracked.runs["train λ=1e-4"].data.metrics)
+
+
+@pytest.mark.slow
+def test_descriptions_link_each_run_to_the_runs_it_came_from(tracked):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracked.uri)
+    link = re.compile(r"\[([^]]+)\]\(#/experiments/(\d+)/runs/([0-9a-f]{32})\)")
+
+    def linked(name: str) -> list[str]:
+        found = []
+        for text, experiment, run_id in link.findall(tracked.runs[name].data.tags["mlflow.note.content"]):
+            source = client.get_run(run_id)  # the link resolves to an existing run of that experiment
+            assert (source.info.run_name, source.info.experiment_id) == (text, experiment)
+            found.append(text)
+        return found
+
+    assert linked("finetune 90%") == ["prune 90%"]
+    assert linked("prune 50%") == ["train λ=1e-4"]
+    assert linked("train λ=1e-4") == []
+    others = [name for name in tracked.runs if name != "report"]
+    assert sorted(linked("report")) == sorted(others)  # the report reads files: it links its pipeline's runs
+
+
+@pytest.mark.slow
+def test_ui_link_opens_the_runs_table_with_headline_columns(tracked):
+    """The experiment holds a shared view state whose columns are the headline metrics and distinguishing params;
+    `make ui`'s link names it, so the table opens with them."""
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(tracked.uri).get_experiment_by_name("netslim")
+    view = json.loads(experiment.tags[tracking.VIEW_TAG])
+    columns = {c.split(".", 1)[1].strip("`") for c in view["selectedColumns"]}
+    logged = set()
+    for run in tracked.runs.values():
+        logged |= set(run.data.metrics) | set(run.data.params)
+    assert columns <= logged and {"lambda", "ratio", "best_test_acc", "num_params"} <= columns
+    url = tracking.runs_view_url("http://127.0.0.1:5000", experiment.experiment_id, headline_view=True)
+    assert url.endswith(f"runs?workflowType=machine_learning&viewStateShareKey={tracking.VIEW_KEY}")
+
+
 # ---- failures ----------------------------------------------------------------------------------------
 
 
@@ -466,6 +565,93 @@ def test_unreachable_tracking_uri_stops_train_before_any_training(tmp_path):
     assert "MLFLOW_TRACKING_URI" in lines[0]  # says what to fix
     for written in ("models", "reports", ".netslim"):
         assert not (project / written).exists(), written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_stage_ends_its_run_killed(tmp_path, signum):
+    """A `kill` (SIGTERM) or Ctrl-C (SIGINT) mid-training: the run is ended KILLED, not left RUNNING."""
+    from mlflow import MlflowClient
+
+    project = tiny_project(tmp_path / "project", train={"epochs": 50})
+    prepare_in_process(project)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.search_experiments()  # the store exists before the stage and this test both poll it
+    with open(tmp_path / "stderr", "w") as err:
+        process = subprocess.Popen(
+            [str(BIN / "netslim"), "train", "--lambda", "1e-4"], cwd=project, env=child_env(uri), stderr=err
+        )
+    try:
+        run = wait_for_first_epoch(client, process)
+        process.send_signal(signum)
+        returncode = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert returncode != 0
+    assert client.get_run(run.info.run_id).info.status == "KILLED", (tmp_path / "stderr").read_text()[-3000:]
+
+
+def test_mlflow_is_imported_only_when_a_run_is_opened():
+    """Importing tracking (every stage does) costs no mlflow import (1-3 s); a stage with tracking off never pays it."""
+    script = (
+        "import sys\nfrom netslim import tracking\nfrom netslim.config import config_from_dict\n"
+        "with tracking.stage_run(config_from_dict({'tracking': {'enabled': False}}), 'prepare', 'off'):\n    pass\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], env=child_env(""), capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.split() == ["False"], shown.stderr[-2000:]
+
+
+def test_stages_starting_together_on_a_fresh_sqlite_store_each_get_their_run(tmp_path):
+    """MLflow checks for its tables and then creates them: without the lock, stages that start together on a
+    new store fail with "table ... already exists"."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"
+    script = stage_script("assert run.enabled and not run.lost")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, f"run {i}"], env=child_env(""), stderr=subprocess.PIPE, text=True
+        )
+        for i in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
+    experiment = MlflowClient(uri).get_experiment_by_name("netslim")
+    runs = MlflowClient(uri).search_runs([experiment.experiment_id])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [(f"run {i}", "FINISHED") for i in range(3)]
+
+
+def test_a_moved_project_keeps_its_artifacts(tmp_path):
+    """MLflow stores the absolute path of ./mlruns; after the project folder moves, the next run (or `make ui`)
+    points the store at the moved folder and the old runs' artifacts load again."""
+    import mlflow
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    script = stage_script("run.dict({'run': sys.argv[2]}, 'x.json')") + "print(run.run_id)\n"
+    old.mkdir()
+    first = subprocess.run(
+        [sys.executable, "-c", script, "sqlite:///mlflow.db", "before"], cwd=old, env=child_env(""), capture_output=True
+    )
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    old.rename(new)
+    helper = subprocess.run(
+        [sys.executable, "-m", "netslim.tracking", "--backend-store-uri", "sqlite:///mlflow.db"],
+        cwd=new,
+        env=child_env(""),
+        capture_output=True,
+        text=True,
+    )
+    assert helper.returncode == 0 and f"{old}/mlruns was moved to {new}/mlruns" in helper.stderr, helper.stderr
+    run_id = first.stdout.decode().split()[-1]
+    mlflow.set_tracking_uri(f"sqlite:///{new}/mlflow.db")
+    try:
+        assert mlflow.get_run(run_id).info.artifact_uri.startswith(f"{new}/mlruns/")
+        assert mlflow.artifacts.load_dict(f"runs:/{run_id}/x.json") == {"run": "before"}
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")
@@ -575,14 +761,7 @@ def test_server_lost_mid_run_does_not_stop_training(tmp_path):
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
-        deadline = time.monotonic() + 300
-        while process.poll() is None and time.monotonic() < deadline:
-            experiment = client.get_experiment_by_name("netslim")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, "training ended before its first epoch reached the server"
+        wait_for_first_epoch(client, process)
         server.kill()
         killed = time.monotonic()
         # MLflow's own defaults (7 retries with backoff, 120 s timeouts) would take minutes per call here.

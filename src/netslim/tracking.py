@@ -2,14 +2,19 @@
 
 - Where: MLFLOW_TRACKING_URI when set, else params `tracking.uri`, else a SQLite file in the project
   (no server needed; `make ui` shows it). An http(s) URI is checked before any work starts.
-- Runs: readable names (`train λ=1e-4`, `prune 90%`), tags for stage, arch, dataset, λ, ratio, the git
-  commit and a pipeline id shared by every stage of one `dvc repro` (or `mlflow run`, or `make demo`).
-- Params: exactly the keys `dvc.yaml` lists for the stage (a section expands to its keys), with the
-  values as written in params.yaml, so the run's params are what DVC tracks for it and nothing else.
+- Runs: readable names (`train λ=1e-4`, `prune 90%`), tags for stage, arch, dataset, λ, ratio, a pipeline
+  id shared by every stage of one `dvc repro` (or `mlflow run`, or `make demo`), and MLflow's own source
+  tags (`mlflow.source.git.commit`, `mlflow.source.name`, `mlflow.source.type`).
+- Params: the keys `dvc.yaml` lists for the stage (a section expands to its keys), with the values as
+  written in params.yaml, plus what tells the stage's runs apart (`lambda`, `ratio`, ...) under short
+  names, so MLflow's compare view and `params.lambda` filters have something to work with.
 - Lineage: a checkpoint records the run that wrote it; the run that loads it tags that run's id and
   the file's hash (`source_run_id`, `source_sha256`). The prepared splits are the runs' dataset inputs.
-- Failure: a run whose stage raises is ended FAILED. If the server goes away mid-run, the stage goes
-  on (its DVC outputs matter more than its charts); the calls that were lost are listed in one warning.
+  The run's description (`mlflow.note.content`) holds its headline numbers and links to its source runs.
+- Failure: a run whose stage raises is ended FAILED, one interrupted (Ctrl-C, SIGTERM) KILLED. If the
+  server goes away mid-run, the stage goes on (its DVC outputs matter more than its charts); the calls
+  that were lost are listed in one warning.
+- mlflow itself is imported only when a run is opened (1-3 s), after the config has been validated.
 """
 
 from __future__ import annotations
@@ -17,13 +22,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import fcntl
 import hashlib
+import itertools
 import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -47,6 +57,21 @@ PROJECT_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for its entry point's c
 CHAMPION = "champion"
 # A lost server must not stall training for minutes: MLflow's defaults are 7 retries and 120 s timeouts.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI (markdown)
+# The runs table opens with these columns (MLflow's shared view state, an experiment tag the UI link names):
+# the numbers a run is judged by and what tells runs apart, instead of no metric column out of 170.
+VIEW_KEY = "netslim-headline"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+HEADLINE_COLUMNS = (
+    "params.`lambda`",
+    "params.`ratio`",
+    "metrics.`best_test_acc`",
+    "metrics.`test_acc_before_finetune`",
+    "metrics.`num_params`",
+    "metrics.`best_sparsity`",
+    "metrics.`meets_constraints`",
+)
+HEADLINE_VIEW = json.dumps({"selectedColumns": list(HEADLINE_COLUMNS)})
 
 _process_pipeline_id: str | None = None
 
@@ -200,7 +225,14 @@ def param_text(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, list | tuple):
         return "[" + ", ".join(param_text(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(rounded(value))
     return str(value)
+
+
+def rounded(value: float) -> float:
+    """12 significant digits: a value computed as 0.002000000000000001 is shown as the 0.002 it means."""
+    return float(f"{value:.12g}") if math.isfinite(value) else value
 
 
 def stage_params(spec: StageSpec, config: Config, params_yaml: str | Path = "params.yaml") -> dict[str, str]:
@@ -250,6 +282,9 @@ class Tracker:
         self.tags = dict(tags or {})  # the run's tags (stage, arch, dataset, lambda, ratio, ...)
         self.lost: list[str] = []
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.headlines: dict[str, float] = {}  # the numbers the run's description shows
+        self.sources: list[dict[str, str]] = []  # the runs whose checkpoints this run read
 
     @property
     def enabled(self) -> bool:
@@ -279,8 +314,14 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._call("set_tags", lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
-    def metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    def metrics(self, metrics: dict[str, Any], step: int | None = None, headline: tuple[str, ...] = ()) -> None:
+        """Log the numeric values (bools as 0/1, 12 significant digits).
+
+        Args:
+            headline: the keys the run is judged by: its description shows them (see `note`).
+        """
+        numeric = {k: rounded(float(v)) for k, v in metrics.items() if isinstance(v, int | float)}
+        self.headlines |= {k: numeric[k] for k in headline if k in numeric}
         self._call(f"log_metrics(step={step})", lambda: self._mlflow.log_metrics(numeric, step=step))
 
     def epoch(self, record: dict[str, float]) -> None:
@@ -344,11 +385,14 @@ class Tracker:
         tags = {"source_checkpoint": str(path), "source_sha256": file_sha256(path)}
         if provenance.get(RUN_ID_KEY):
             tags |= {"source_run_id": provenance[RUN_ID_KEY], "source_stage": provenance.get("stage", "")}
+            self.sources.append({"run_id": provenance[RUN_ID_KEY], "checkpoint": str(path)})
         self.set_tags(tags)
 
-    def gamma_histogram(self, model: nn.Module, epoch: int, label: str) -> None:
-        """The prunable γ at this epoch as an image with step = epoch (the UI's image chart walks through
-        them with a slider), and the raw values as a file."""
+    def gamma_histogram(self, model: nn.Module, epoch: int, label: str, x_max: float) -> None:
+        """The prunable |γ| at this epoch (0: as initialised) as an image with step = epoch, and the raw values
+        as a file. The UI's image chart walks through the steps with a slider, so every image has the same axes:
+        |γ| from 0 to `x_max` (larger values counted in the last bin) and channels on a log scale up to all of
+        them (at step 0 they share one bin)."""
         if self._mlflow is None:
             return
         if self.lost:  # no figure to draw for a server that is gone
@@ -364,8 +408,10 @@ class Tracker:
         fig = Figure(figsize=(5, 3.2), dpi=100, layout="tight")
         canvas = FigureCanvasAgg(fig)
         ax = fig.subplots()
-        ax.hist(gammas, bins=80, color="tab:blue")
-        ax.set(xlabel="γ (BN scaling factor)", ylabel="channels", title=f"λ={label}, epoch {epoch}")
+        ax.hist(np.clip(np.abs(gammas), 0, x_max), bins=80, range=(0, x_max), color="tab:blue")
+        ax.set_yscale("log")
+        ax.set(xlim=(0, x_max), ylim=(0.8, 2 * len(gammas)), xlabel="|γ| (BN scaling factor)", ylabel="channels")
+        ax.set_title(f"λ={label}, " + ("initial γ" if epoch == 0 else f"epoch {epoch}"))
         canvas.draw()
         image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
         self._call(
@@ -439,6 +485,49 @@ class Tracker:
         if info is not None and registered:
             self._call(f"{CHAMPION} alias", lambda: self._register_version(registered, info, metrics or {}))
 
+    def linked_sources(self, paths: list[Path]) -> None:
+        """Link the runs that wrote these checkpoints in the description, without the `source_*` tags (which
+        name one source): a stage that reads several (export)."""
+        if self._mlflow is None:
+            return
+        from netslim.io import load_checkpoint
+
+        for path in paths:
+            run_id = (load_checkpoint(path).get("provenance") or {}).get(RUN_ID_KEY)
+            if run_id:
+                self.sources.append({"run_id": run_id, "checkpoint": str(path)})
+
+    def note(self, run_name: str, status: str, pipeline_runs: bool = False) -> None:
+        """The run's description (markdown): its headline numbers and links to the runs it came from.
+
+        Args:
+            pipeline_runs: also link the other runs of this pipeline (the report, which reads no checkpoint).
+        """
+
+        def write() -> None:
+            client = self._mlflow.MlflowClient()
+            lines = [f"**{run_name}**" + ("" if status == "FINISHED" else f" ({status})")]
+            if self.headlines:
+                lines += ["", "| metric | value |", "|---|---|"]
+                lines += [f"| {key} | {_number(value)} |" for key, value in self.headlines.items()]
+            links = []
+            for source in self.sources:
+                try:
+                    run = client.get_run(source["run_id"])
+                    links.append(f"- from {_link(run)}: `{source['checkpoint']}`")
+                except self._mlflow.exceptions.MlflowException:  # written while tracking to another store
+                    links.append(f"- from run `{source['run_id']}` (not in this store): `{source['checkpoint']}`")
+            if pipeline_runs and self.experiment_id:
+                query = f"tags.pipeline_id = '{self.tags['pipeline_id']}'"
+                found = client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"])
+                links += [f"- {_link(run)}" for run in found if run.info.run_id != self.run_id]
+            if links:
+                lines += ["", "Source runs:" if self.sources else "Runs of this pipeline:", "", *links]
+            client.set_tag(self.run_id, NOTE_TAG, "\n".join(lines))
+
+        if self._mlflow is not None and self.run_id:
+            self._call("set_tag(mlflow.note.content)", write)
+
     def _register_version(self, registered: str, info: Any, metrics: dict[str, Any]) -> None:
         """Tag the new version with its metrics and constraint verdict; move `champion` to it if it is
         feasible and its val_acc is at least the current champion's (ties go to the newer version)."""
@@ -462,6 +551,15 @@ class Tracker:
             client.set_registered_model_alias(registered, CHAMPION, version)
 
 
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _link(run: Any) -> str:
+    """A markdown link to the run that opens it in the UI (relative, so it works on any UI address)."""
+    return f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+
+
 def _split_dataset(path: Path, name: str, digest: str, profile: dict[str, int]) -> Any:
     """An MLflow dataset that only describes a prepared split (its file stays where it is)."""
     from mlflow.data.meta_dataset import MetaDataset
@@ -479,14 +577,25 @@ def _split_dataset(path: Path, name: str, digest: str, profile: dict[str, int]) 
 
 
 @contextlib.contextmanager
-def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, **tags: Any) -> Iterator[Tracker]:
-    """One MLflow run around a stage; FAILED if the stage raises, FINISHED otherwise.
+def stage_run(
+    config: Config,
+    stage: str,
+    run_name: str,
+    nested: bool = False,
+    params: dict[str, Any] | None = None,
+    **tags: Any,
+) -> Iterator[Tracker]:
+    """One MLflow run around a stage; FAILED if the stage raises, KILLED if it is interrupted (Ctrl-C, or a
+    SIGTERM unwinding as SystemExit), FINISHED otherwise.
 
     When dvc.yaml (in the working directory) has the stage, the run logs the params it lists for it, and
     the prepared splits as dataset inputs if the stage reads them (or, after it succeeds, writes them).
+    While the run is open, a SIGTERM that nothing else handles ends the process as SystemExit(143), so the
+    run is ended KILLED rather than left RUNNING.
 
     Args:
         nested: start the run under the active run of this process (search trials under the study).
+        params: what tells this stage's runs apart (`lambda`, `ratio`, ...), logged as params as given.
         tags: more tags (lambda, ratio, ...); arch and dataset here override the config's.
 
     Raises:
@@ -501,19 +610,22 @@ def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, *
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     check_reachable(uri)
-    all_tags = {
-        "stage": stage,
-        "pipeline_id": pipeline_id(),
-        "git_commit": git_commit(),
-        "dataset": config.data.dataset,
-        "arch": config.model.arch,
-    } | {k: str(v) for k, v in tags.items()}
-    if "lambda" in tags:  # one spelling per λ ("1e-4", not "0.0001"), so the UI can filter on it
-        with contextlib.suppress(ValueError):
-            all_tags["lambda"] = lambda_label(tags["lambda"])
     # Under `mlflow run`, the project's run is this stage run's parent rather than the run itself, so
     # `mlflow run . -e main` shows one parent with a child per stage (start_run would adopt it).
     project_run = os.environ.pop(PROJECT_RUN_ENV, None)
+    all_tags = (
+        {
+            "stage": stage,
+            "pipeline_id": pipeline_id(),
+            "dataset": config.data.dataset,
+            "arch": config.model.arch,
+        }
+        | source_tags(stage, project=bool(project_run))
+        | {k: str(v) for k, v in tags.items()}
+    )
+    if "lambda" in tags:  # one spelling per λ ("1e-4", not "0.0001"), so the UI can filter on it
+        with contextlib.suppress(ValueError):
+            all_tags["lambda"] = lambda_label(tags["lambda"])
     if project_run and not nested:
         all_tags["mlflow.parentRunId"] = project_run
     spec = dvc_stage(stage, config)
@@ -522,30 +634,141 @@ def stage_run(config: Config, stage: str, run_name: str, nested: bool = False, *
 
     mlflow.set_tracking_uri(uri)
     try:
-        mlflow.set_experiment(config.tracking.experiment)
+        experiment = open_experiment(mlflow, uri, config.tracking.experiment)
         active = mlflow.start_run(run_name=run_name, tags=all_tags, nested=nested)
     except Exception as e:  # noqa: BLE001 - whatever the store raises, the stage must stop here with the URI
         raise TrackingError(f"MLflow tracking URI {uri}: cannot start a run ({_first_line(e)})") from None
     log_models = config.tracking.log_models and stage in config.tracking.model_stages
     tracker = Tracker(mlflow, log_models, config.tracking.register_models, uri, all_tags)
     tracker.run_id = active.info.run_id
-    if spec is not None:
-        tracker.params(stage_params(spec, config))
-        if prepared in spec.deps:
-            tracker.datasets(prepared)
+    tracker.experiment_id = experiment.experiment_id
+    if spec is not None or params:
+        tracker.params((stage_params(spec, config) if spec is not None else {}) | dict(params or {}))
+    if spec is not None and prepared in spec.deps:
+        tracker.datasets(prepared)
     status = "FINISHED"
     try:
-        yield tracker
+        with _sigterm_as_exit():
+            yield tracker
         if spec is not None and prepared in spec.outs:
             tracker.datasets(prepared)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except SystemExit as e:  # sys.exit inside a stage: an interruption unless it says success
+        status = "FINISHED" if e.code in (0, None) else "KILLED"
+        raise
     except BaseException:
         status = "FAILED"
         raise
     finally:
+        tracker.note(run_name, status, pipeline_runs=stage == "report")
         _end_run(mlflow, tracker, status)
+
+
+def source_tags(stage: str, project: bool) -> dict[str, str]:
+    """MLflow's own source tags, which its UI shows as the run's source and commit: the commit of the working
+    directory's repository (MLflow's would be that of the `netslim` executable's, which may be another)."""
+    tags = {"mlflow.source.name": f"netslim {stage}", "mlflow.source.type": "PROJECT" if project else "LOCAL"}
+    commit = git_commit()
+    return tags | ({"mlflow.source.git.commit": commit} if commit != "unknown" else {})
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Held while a SQLite store is opened: the first process creates its tables, the others wait and find them
+    (MLflow checks for the tables and then creates them, so two stages starting together both try, and one
+    fails with "table ... already exists"). The lock is on the database file's folder: no lock file is left."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def relocate_artifacts(uri: str) -> list[tuple[str, str]]:
+    """Point a moved SQLite store's artifact locations at the `mlruns/` beside it again; what moved where.
+
+    MLflow records a local artifact root as an absolute path (SqlAlchemyStore resolves `./mlruns` when it
+    creates an experiment, and each run's location extends it), so a project moved or copied elsewhere
+    would show runs without artifacts. A root that no longer exists, while `mlruns/` sits beside the
+    database, is the same folder moved: every location under it is rewritten to the new place.
+    """
+    if not uri.startswith("sqlite:///"):
+        return []
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    here = db.parent / "mlruns"
+    if not (db.is_file() and here.is_dir()):
+        return []
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:  # one transaction
+        try:
+            locations = [row[0] or "" for row in con.execute("SELECT artifact_location FROM experiments")]
+        except sqlite3.Error:  # not (yet) an MLflow store
+            return []
+        roots = {Path(loc.removeprefix("file://")).parent for loc in locations if loc.startswith(("/", "file:///"))}
+        moved = [
+            (str(root), str(here)) for root in roots if root.name == "mlruns" and root != here and not root.exists()
+        ]
+        tables = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [
+                row[1] for row in con.execute(f'PRAGMA table_info("{table}")') if "CHAR" in row[2] or "TEXT" in row[2]
+            ]
+            for column, (old, new), prefix in itertools.product(columns, moved, ("", "file://")):
+                con.execute(
+                    f'UPDATE "{table}" SET "{column}" = ? || substr("{column}", ?) WHERE substr("{column}", 1, ?) = ?',
+                    (prefix + new, len(prefix + old) + 1, len(prefix + old), prefix + old),
+                )
+    for old, new in moved:
+        print(f"MLflow artifacts: {old} was moved to {new}; the store {db} now points there", file=sys.stderr)
+    return moved
+
+
+def open_experiment(mlflow: Any, uri: str, name: str, attempts: int = 3) -> Any:
+    """Set (creating if needed) the experiment, with the runs table's headline columns (VIEW_TAG) on it.
+
+    A SQLite store is created under a lock; other databases, where stages on several machines can race to
+    create the tables or the experiment, are retried, as search.open_storage does for Optuna's storage.
+    """
+    for attempt in range(attempts):
+        try:
+            with _store_lock(uri):
+                relocate_artifacts(uri)
+                experiment = mlflow.set_experiment(name)
+                if experiment.tags.get(VIEW_TAG) != HEADLINE_VIEW:
+                    mlflow.set_experiment_tag(VIEW_TAG, HEADLINE_VIEW)
+                return experiment
+        except Exception:  # noqa: BLE001 - the race's error differs by database; the last attempt's is reported
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """A SIGTERM that would kill the process outright (its default action) exits it through the stage's `with`
+    blocks instead, while the run is open; a handler installed by the caller is left as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def leave(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _end_run(mlflow: Any, tracker: Tracker, status: str) -> None:
@@ -570,21 +793,24 @@ def _end_run(mlflow: Any, tracker: Tracker, status: str) -> None:
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 
 
-def runs_view_url(base_url: str, experiment_id: str | None) -> str:
-    """The link that opens the experiment's runs table; the experiment list when it has no runs yet."""
+def runs_view_url(base_url: str, experiment_id: str | None, headline_view: bool = False) -> str:
+    """The link that opens the experiment's runs table (with the headline columns when the experiment has
+    them, VIEW_TAG); the experiment list when it has no runs yet."""
     base = base_url.rstrip("/") + "/"
-    return base + (RUNS_VIEW.format(id=experiment_id) if experiment_id is not None else "#/experiments")
+    if experiment_id is None:
+        return base + "#/experiments"
+    return base + RUNS_VIEW.format(id=experiment_id) + (f"&viewStateShareKey={VIEW_KEY}" if headline_view else "")
 
 
-def experiment_id(uri: str, name: str) -> str | None:
-    """The id of the active experiment `name` in the store at `uri`; None if it has none (a SQLite file
-    that does not exist yet is left for the server to create)."""
+def find_experiment(uri: str, name: str) -> Any | None:
+    """The active experiment `name` in the store at `uri`; None if it has none (a SQLite file that does not
+    exist yet is left for the server to create)."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
     from mlflow import MlflowClient
 
     experiment = MlflowClient(uri).get_experiment_by_name(name)
-    return experiment.experiment_id if experiment is not None and experiment.lifecycle_stage == "active" else None
+    return experiment if experiment is not None and experiment.lifecycle_stage == "active" else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -595,9 +821,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--params", default="params.yaml", help="where tracking.experiment is read")
     args = parser.parse_args(argv)
+    with _store_lock(args.backend_store_uri):
+        relocate_artifacts(args.backend_store_uri)
     name = load_config(args.params).tracking.experiment if Path(args.params).is_file() else "netslim"
-    found = experiment_id(args.backend_store_uri, name)
-    url = runs_view_url(f"http://{args.host}:{args.port}", found)
+    found = find_experiment(args.backend_store_uri, name)
+    url = runs_view_url(
+        f"http://{args.host}:{args.port}", found and found.experiment_id, found is not None and VIEW_TAG in found.tags
+    )
     note = f"the runs of experiment {name!r}" if found else f"no {name!r} runs in {args.backend_store_uri} yet"
     print(f"MLflow UI: {url}  ({note})", flush=True)
     return 0

@@ -133,8 +133,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "classes": json.dumps(data.classes),
         "dataset": data.dataset,
     }
-    with tracking.stage_run(config, "export", "export", **{"lambda": lam}) as run:
+    # what an export run compares: the sparse model of one λ and its fine-tuned models, one per ratio
+    compared = {"lambda": lam, "ratios": tracking.param_text([ratio_label(r) for r in config.prune.ratios])}
+    with tracking.stage_run(config, "export", "export", params=compared, **{"lambda": lam}) as run:
         run.set_tags({"ort_threads": threads, "opset": OPSET})  # stage_run itself logs the params dvc.yaml lists
+        run.linked_sources(list(sources.values()))
         exported, metrics = {}, {}
         for name, model in models.items():  # each checked right after its export: a wrong file stops the stage early
             info = metadata | {"model": name, "arch": model.arch, "cfg": json.dumps(model.cfg)}
@@ -161,7 +164,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         setting = {"threads": threads, "opset": OPSET, "pad_to": e.pad_to}
         write_json(layout.export_reports / "metrics.json", setting | metrics)
         write_json(layout.export_reports / "widths.json", setting | widths)
-        run.metrics({f"{model}/{k}": v for model, values in (metrics | widths).items() for k, v in values.items()})
+        headline = [f"{model}/onnx_test_acc" for model in metrics]
+        headline += [f"{model}/speedup_b{e.batch_sizes[0]}" for model in metrics if model != UNPRUNED]
+        run.metrics(
+            {f"{model}/{k}": v for model, values in (metrics | widths).items() for k, v in values.items()},
+            headline=tuple(headline),
+        )
         for name in exported:
             run.artifact(layout.exported(name), "onnx")
     print(

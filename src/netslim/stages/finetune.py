@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from netslim import distributed, tracking
-from netslim.config import BUDGET, Config, parse_ratio, ratio_label
+from netslim.config import BUDGET, Config, lambda_label, parse_ratio, ratio_label
 from netslim.data import load_prepared
 from netslim.engine import is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, load_checkpoint, write_csv, write_json
@@ -42,9 +42,11 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     settings = fit_settings(config, config.finetune, sparsity_lambda=0.0)
     prov = checkpoint.get("provenance", {})
-    tags = {"ratio": label, "lambda": str(prov.get("lambda", "")), "arch": model.arch, "dataset": config.data.dataset}
+    lam = lambda_label(prov["lambda"]) if "lambda" in prov else ""  # as the train and prune runs spell it
+    tags = {"ratio": label, "lambda": lam, "arch": model.arch, "dataset": config.data.dataset}
     percent = label if label == BUDGET else f"{float(label) * 100:g}%"
-    with tracking.stage_run(config, "finetune", f"finetune {percent}", **tags) as run:
+    params = {"ratio": label, "lambda": lam}
+    with tracking.stage_run(config, "finetune", f"finetune {percent}", params=params, **tags) as run:
         run.source(source, prov)
         source_hash = file_sha256(source)
         tuned = finetune(
@@ -89,7 +91,10 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
         write_csv(layout.finetune_reports(label) / "history.csv", result.history)
         write_json(layout.finetune_reports(label) / "metrics.json", metrics)
         # val_acc and test_acc are per-epoch curves too; the best epoch's values need names of their own
-        run.metrics({(f"best_{k}" if k in ("val_acc", "test_acc") else k): float(v) for k, v in metrics.items()})
+        run.metrics(
+            {(f"best_{k}" if k in ("val_acc", "test_acc") else k): float(v) for k, v in metrics.items()},
+            headline=("best_test_acc", "best_val_acc", "num_params", "macs", "meets_constraints"),
+        )
         run.model(model, data.test.images[:2], data.mean, data.std, register=True, metrics=metrics)
     layout.state("finetune", label).unlink(missing_ok=True)
     print(

@@ -18,7 +18,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     with tracking.stage_run(config, "prepare", f"prepare {config.data.dataset}") as run:
         meta = prepare(config.data, config.experiment.seed, config.paths.raw, layout.prepared)
-        run.metrics({f"{split}_images": n for split, n in meta["sizes"].items()})
+        sizes = {f"{split}_images": n for split, n in meta["sizes"].items()}
+        run.metrics(sizes, headline=tuple(sizes))
     sizes = ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
     print(f"prepared {config.data.dataset} into {layout.prepared}: {sizes}")
     return 0

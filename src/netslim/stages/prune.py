@@ -33,7 +33,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     sparse = load_model(source)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
-    with tracking.stage_run(config, "prune", f"prune {_percent(label)}", **tags) as run:
+    params = {"ratio": label, "lambda": lam}
+    with tracking.stage_run(config, "prune", f"prune {_percent(label)}", params=params, **tags) as run:
         run.source(source)
         outcome = prune_step(sparse, data, config, device, target)
         result, chosen, acc = outcome.result, outcome.variant, outcome.test_acc
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         )
         metrics = outcome.metrics()
         write_json(layout.prune_reports(label) / "metrics.json", metrics)
-        run.metrics(metrics)
+        run.metrics(metrics, headline=("test_acc_before_finetune", "num_params", "macs", "ratio_used", "threshold"))
         run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
         run.model(result.model, data.test.images[:2], data.mean, data.std)
     print(

@@ -25,6 +25,7 @@ from netslim.io import atomic_write_bytes, atomic_write_text, write_csv, write_j
 from netslim.layout import Layout
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "test_acc", "sparsity")
+REPORT_HEADLINE = ("test_acc", "num_params", "macs", "meets_constraints")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +117,12 @@ def write_json_folder(folder: Path, files: dict[str, dict[str, Any]]) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     inputs = load_inputs(config)  # a missing input stops here, before an MLflow run or any file exists
     out = Path(config.paths.reports)
-    with tracking.stage_run(config, "report", "report", **{"lambda": config.prune.lambda_}) as tracker:
+    compared = {
+        "lambda": lambda_label(config.prune.lambda_),
+        "lambdas": tracking.param_text([lambda_label(lam) for lam in config.train.lambdas]),
+        "ratios": tracking.param_text([ratio_label(r) for r in config.prune.ratios]),
+    }
+    with tracking.stage_run(config, "report", "report", params=compared, **{"lambda": config.prune.lambda_}) as tracker:
         rows = report.summary_rows(inputs, config)
         figures = report.figures(inputs, config)
         pngs = {name: png_bytes(fig) for name, fig in figures.items()}  # rendered before any file is written
@@ -132,6 +138,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
         for name in pngs:  # the files just written: log_figure would render every figure a second time (3 s)
             tracker.artifact(out / "figures" / name, "figures")
         tracker.table(list(rows.values()), "summary.json")
+        # each model's accuracy and size as metrics (not its throughput: timings of other runs, see the report)
+        headline = {
+            f"{model}/{key}": value
+            for model, values in metrics.items()
+            for key, value in values.items()
+            if key in REPORT_HEADLINE
+        }
+        tracker.metrics(headline, headline=tuple(headline))
         tracker.artifact(out / "report.md")
         tracker.artifact(out / "summary.csv")
     print(f"report: {len(pngs)} figures, {len(rows)} models -> {out / 'report.md'}")

@@ -17,9 +17,9 @@ from netslim.io import file_sha256, write_csv, write_json
 from netslim.layout import Layout
 from netslim.models import count_params, prunable_batchnorms
 from netslim.steps import RunOptions, fit_settings
-from netslim.steps.train import sparsity_train
+from netslim.steps.train import initial_model, sparsity_train
 
-GAMMA_HISTOGRAM_EPOCHS = 4  # γ histograms logged at about this many evenly spaced epochs, plus the last
+GAMMA_HISTOGRAM_EPOCHS = 4  # γ histograms logged at the start, about this many evenly spaced epochs, and the last
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,12 +51,16 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     settings = fit_settings(config, config.train, lam)
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}
-    with tracking.stage_run(config, "train", f"train λ={label}", **tags) as run:
+    # every histogram on one |γ| axis: twice the initial γ (PyTorch's 1.0 without model.bn_init) holds nearly all
+    gamma_max = 2 * (config.model.bn_init or 1.0)
+    with tracking.stage_run(config, "train", f"train λ={label}", params={"lambda": label}, **tags) as run:
+        if run.enabled:
+            run.gamma_histogram(initial_model(config, data.num_classes), 0, label, gamma_max)
 
         def on_epoch(record: dict, m: torch.nn.Module) -> None:
             run.epoch(record)
             if record["epoch"] % every == 0 or record["epoch"] == settings.epochs:
-                run.gamma_histogram(m, record["epoch"], label)
+                run.gamma_histogram(m, record["epoch"], label, gamma_max)
 
         sparse = sparsity_train(
             config,
@@ -94,7 +98,10 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         write_json(reports / "metrics.json", metrics)
         # test_acc and sparsity are per-epoch curves too; the best epoch's values need names of their own
         curves = ("test_acc", "sparsity")
-        run.metrics({(f"best_{k}" if k in curves else k): v for k, v in metrics.items() if k != "lambda"})
+        run.metrics(
+            {(f"best_{k}" if k in curves else k): v for k, v in metrics.items() if k != "lambda"},
+            headline=("best_test_acc", "best_sparsity", "num_params", "best_epoch"),
+        )
         run.artifact(reports / "gammas.csv", "gammas")
     layout.state("train", label).unlink(missing_ok=True)
     print(

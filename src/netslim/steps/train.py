@@ -46,6 +46,11 @@ def sparse_fingerprint(config: Config, settings: FitSettings, data_hash: str) ->
     return settings.fingerprint(sparse_identity(config, data_hash))
 
 
+def initial_model(config: Config, num_classes: int) -> nn.Module:
+    """The unpruned model of `config.model` before training, γ initialised to `model.bn_init`."""
+    return init_bn_scale(build_model(config.model.arch, num_classes, width=config.model.width), config.model.bn_init)
+
+
 def sparsity_train(
     config: Config,
     data: PreparedData,
@@ -65,9 +70,7 @@ def sparsity_train(
         TrainingDiverged: the loss became NaN or exceeded `settings.divergence_loss`.
     """
     torch.manual_seed(config.experiment.seed)
-    model = init_bn_scale(
-        build_model(config.model.arch, data.num_classes, width=config.model.width), config.model.bn_init
-    )
+    model = initial_model(config, data.num_classes)
     model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
     result = fit(
         model, data, settings, device, fingerprint_extra=sparse_identity(config, data_hash), **options.fit_kwargs()
