@@ -499,17 +499,27 @@ def test_readme_tracking_section_names_only_what_is_logged(tracked):
     assert {"sparse-1e-4", "pruned-0_9", "finetuned-0_9"} <= models
 
 
+def headline_cells(note: str) -> dict[str, str]:
+    """The numbers of a description's markdown table: metric -> shown value (`model/metric` in a model table)."""
+    header, _, *rows = [line.strip("|").split(" | ") for line in note.splitlines() if line.startswith("| ")] or [[]]
+    header = [cell.strip() for cell in header]
+    cells = [[cell.strip() for cell in row] for row in rows]
+    if header[:1] == ["metric"]:
+        return {row[0]: row[1] for row in cells}
+    return {f"{row[0]}/{name}": cell for row in cells for name, cell in zip(header[1:], row[1:], strict=True)}
+
+
 @pytest.mark.slow
 def test_every_run_has_headline_metrics_and_a_description_with_them(tracked):
     for name, run in tracked.runs.items():
         note = run.data.tags["mlflow.note.content"]
         assert note.startswith(f"**{name}**"), name
-        rows = dict(re.findall(r"^\| (\S+) \| (\S+) \|$", note, flags=re.M))
-        rows.pop("metric")
-        assert rows, f"{name}: no headline numbers"
-        for key, shown in rows.items():
-            assert float(shown.replace(",", "")) == pytest.approx(run.data.metrics[key], rel=1e-3), (name, key)
+        shown = {key: value for key, value in headline_cells(note).items() if value != "–"}
+        assert shown, f"{name}: no headline numbers"
+        for key, value in shown.items():
+            assert float(value.replace(",", "")) == pytest.approx(run.data.metrics[key], rel=1e-3), (name, key)
     assert {"best_test_acc", "best_sparsity", "num_params"} <= set(tracked.runs["train λ=1e-4"].data.metrics)
+    assert "finetuned_0.9/test_acc" in headline_cells(tracked.runs["report"].data.tags["mlflow.note.content"])
 
 
 @pytest.mark.slow
@@ -517,7 +527,7 @@ def test_descriptions_link_each_run_to_the_runs_it_came_from(tracked):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracked.uri)
-    link = re.compile(r"\[([^]]+)\]\(#/experiments/(\d+)/runs/([0-9a-f]{32})\)")
+    link = re.compile(r"\[([^]]+)\]\(#/experiments/(\d+)/runs/([0-9a-f]{32})\?workflowType=machine_learning\)")
 
     def linked(name: str) -> list[str]:
         found = []

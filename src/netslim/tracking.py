@@ -507,22 +507,18 @@ class Tracker:
         def write() -> None:
             client = self._mlflow.MlflowClient()
             lines = [f"**{run_name}**" + ("" if status == "FINISHED" else f" ({status})")]
-            if self.headlines:
-                lines += ["", "| metric | value |", "|---|---|"]
-                lines += [f"| {key} | {_number(value)} |" for key, value in self.headlines.items()]
-            links = []
-            for source in self.sources:
+            for source in self.sources:  # first: the UI shows a description's first lines until "Show more"
                 try:
-                    run = client.get_run(source["run_id"])
-                    links.append(f"- from {_link(run)}: `{source['checkpoint']}`")
+                    lines += ["", f"from {_link(client.get_run(source['run_id']))}: `{source['checkpoint']}`"]
                 except self._mlflow.exceptions.MlflowException:  # written while tracking to another store
-                    links.append(f"- from run `{source['run_id']}` (not in this store): `{source['checkpoint']}`")
+                    lines += ["", f"from run `{source['run_id']}` (not in this store): `{source['checkpoint']}`"]
+            if self.headlines:
+                lines += ["", *_headline_table(self.headlines)]
             if pipeline_runs and self.experiment_id:
                 query = f"tags.pipeline_id = '{self.tags['pipeline_id']}'"
                 found = client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"])
-                links += [f"- {_link(run)}" for run in found if run.info.run_id != self.run_id]
-            if links:
-                lines += ["", "Source runs:" if self.sources else "Runs of this pipeline:", "", *links]
+                others = [f"- {_link(run)}" for run in found if run.info.run_id != self.run_id]
+                lines += ["", "Runs of this pipeline:", "", *others] if others else []
             client.set_tag(self.run_id, NOTE_TAG, "\n".join(lines))
 
         if self._mlflow is not None and self.run_id:
@@ -551,13 +547,31 @@ class Tracker:
             client.set_registered_model_alias(registered, CHAMPION, version)
 
 
+def _headline_table(values: dict[str, float]) -> list[str]:
+    """Markdown: one row per metric, or, where every key is `model/metric` (export, report), one row per model
+    and one column per metric."""
+    if not all("/" in key for key in values):
+        return ["| metric | value |", "|---|---|", *(f"| {key} | {_number(v)} |" for key, v in values.items())]
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        model, metric = key.rsplit("/", 1)
+        rows.setdefault(model, {})[metric] = value
+    columns = list(dict.fromkeys(metric for row in rows.values() for metric in row))
+    cells = [[model, *(_number(row[c]) if c in row else "–" for c in columns)] for model, row in rows.items()]
+    return ["| " + " | ".join(["model", *columns]) + " |", "|---" * (len(columns) + 1) + "|"] + [
+        "| " + " | ".join(row) + " |" for row in cells
+    ]
+
+
 def _number(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _link(run: Any) -> str:
-    """A markdown link to the run that opens it in the UI (relative, so it works on any UI address)."""
-    return f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+    """A markdown link to the run that opens it in the UI (relative, so it works on any UI address), on the
+    classic ML run page (without workflowType, MLflow 3 shows a run as a GenAI evaluation run)."""
+    run_page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    return f"[{run.info.run_name}]({run_page})"
 
 
 def _split_dataset(path: Path, name: str, digest: str, profile: dict[str, int]) -> Any:
