@@ -690,6 +690,9 @@ def test_a_stage_that_raises_is_marked_failed_and_the_next_run_starts(in_process
     with pytest.raises(KeyboardInterrupt):
         with tracking.stage_run(config, "prune", "prune 90%", ratio="0.9"):
             raise KeyboardInterrupt
+    with pytest.raises(SystemExit):  # a signal handler that exits (as `make demo`'s does)
+        with tracking.stage_run(config, "prune", "prune 50%", ratio="0.5"):
+            sys.exit(128 + signal.SIGTERM)
     with tracking.stage_run(config, "finetune", "finetune 90%", ratio="0.9") as run:  # no run is left active
         run.metrics({"test_acc": 0.5})
 
@@ -699,6 +702,7 @@ def test_a_stage_that_raises_is_marked_failed_and_the_next_run_starts(in_process
     assert {name: r.info.status for name, r in runs.items()} == {
         "train λ=1e-4": "FAILED",
         "prune 90%": "KILLED",
+        "prune 50%": "KILLED",
         "finetune 90%": "FINISHED",
     }
     assert runs["train λ=1e-4"].data.metrics == {"train_loss": 2.5}  # what was logged before the crash stays

@@ -29,10 +29,8 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -600,12 +598,10 @@ def stage_run(
     **tags: Any,
 ) -> Iterator[Tracker]:
     """One MLflow run around a stage; FAILED if the stage raises, KILLED if it is interrupted (Ctrl-C, or a
-    SIGTERM unwinding as SystemExit), FINISHED otherwise.
+    SIGTERM, which the CLI turns into a KeyboardInterrupt; or sys.exit with an error code), FINISHED otherwise.
 
     When dvc.yaml (in the working directory) has the stage, the run logs the params it lists for it, and
     the prepared splits as dataset inputs if the stage reads them (or, after it succeeds, writes them).
-    While the run is open, a SIGTERM that nothing else handles ends the process as SystemExit(143), so the
-    run is ended KILLED rather than left RUNNING.
 
     Args:
         nested: start the run under the active run of this process (search trials under the study).
@@ -662,8 +658,7 @@ def stage_run(
         tracker.datasets(prepared)
     status = "FINISHED"
     try:
-        with _sigterm_as_exit():
-            yield tracker
+        yield tracker
         if spec is not None and prepared in spec.outs:
             tracker.datasets(prepared)
     except KeyboardInterrupt:
@@ -765,24 +760,6 @@ def open_experiment(mlflow: Any, uri: str, name: str, attempts: int = 3) -> Any:
                 raise
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """A SIGTERM that would kill the process outright (its default action) exits it through the stage's `with`
-    blocks instead, while the run is open; a handler installed by the caller is left as it is."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def leave(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, leave)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _end_run(mlflow: Any, tracker: Tracker, status: str) -> None:
