@@ -726,6 +726,8 @@ def relocate_artifacts(uri: str) -> list[tuple[str, str]]:
         moved = [
             (str(root), str(here)) for root in roots if root.name == "mlruns" and root != here and not root.exists()
         ]
+        if not moved:  # the usual case: nothing more to read
+            return []
         tables = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
             columns = [
