@@ -140,10 +140,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         tracker.table(list(rows.values()), "summary.json")
         # each model's accuracy and size as metrics (not its throughput: timings of other runs, see the report)
         headline = {
-            f"{model}/{key}": value
-            for model, values in metrics.items()
-            for key, value in values.items()
-            if key in REPORT_HEADLINE
+            f"{model}/{key}": row[key]
+            for model, row in rows.items()
+            for key in REPORT_HEADLINE
+            if isinstance(row.get(key), int | float)
         }
         tracker.metrics(headline, headline=tuple(headline))
         tracker.artifact(out / "report.md")
