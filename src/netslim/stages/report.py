@@ -25,7 +25,6 @@ from netslim.io import atomic_write_bytes, atomic_write_text, write_csv, write_j
 from netslim.layout import Layout
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "test_acc", "sparsity")
-REPORT_HEADLINE = ("test_acc", "num_params", "macs", "meets_constraints")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,10 +139,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         tracker.table(list(rows.values()), "summary.json")
         # each model's accuracy and size as metrics (not its throughput: timings of other runs, see the report)
         headline = {
-            f"{model}/{key}": row[key]
-            for model, row in rows.items()
-            for key in REPORT_HEADLINE
-            if isinstance(row.get(key), int | float)
+            f"{model}/{key}": value
+            for model, values in report.headline_metrics(rows).items()
+            for key, value in values.items()
+            if isinstance(value, int | float)
         }
         tracker.metrics(headline, headline=tuple(headline))
         tracker.artifact(out / "report.md")
