@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo seed test test-fast ui dashboard setup system-deps lint bench search clean-demo exp-show
+.PHONY: demo seed test test-fast ui dashboard setup system-deps lint bench search clean-demo exp-show gpu-check gpu-wheels
 
 # uv installs the ~6 GB of wheels (torch's CUDA build and its libraries) in about 30 s where pip takes about
 # 3 minutes on 2 cores. uv reads no pip configuration, so pip's own (indexes, find-links, constraints, as
@@ -113,6 +113,19 @@ exp-show: $(STAMP)
 
 bench: setup
 	$(BIN)/netslim bench
+
+# One command for a lent GPU machine (docs/gpu.md): the seed's shapes timed and checked in under 8 minutes, written to
+# reports/gpu/<gpu-name>.{json,md}; without CUDA it says so and runs its tiny CPU fallback. No `setup` first: a GPU
+# image has torch but no network for the venv, so there it runs the machine's python3 on src/ (`make gpu-wheels`
+# here first, for the two packages that image lacks).
+GPU_CHECK_PYTHON = $(if $(wildcard $(BIN)/python),$(BIN)/python,PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON))
+gpu-check:
+	$(GPU_CHECK_PYTHON) -m netslim.tools.gpu_check $(GPU_CHECK_ARGS)
+
+# The pure-Python packages gpu-check needs that the GPU image lacks, as wheels in .whl/ to carry (docs/gpu.md).
+gpu-wheels: $(STAMP)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --platform any -d .whl \
+	  $$($(BIN)/python -c 'import importlib.metadata as m; print(*(f"{p}=={m.version(p)}" for p in ("ruamel.yaml", "thop")))')
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests

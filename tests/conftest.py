@@ -31,6 +31,7 @@ LONGEST_FIRST = (
     "test_registry.py",
     "test_export.py",
     "test_faults.py",
+    "test_gpu_check.py",
     "test_slimming.py",
     "test_distributed.py",
 )

@@ -330,14 +330,19 @@ def measure_step(s: BenchSettings, config: Config, device: torch.device) -> dict
     return result
 
 
-def random_gamma_model(s: BenchSettings) -> nn.Module:
-    """The unpruned model with every prunable γ drawn from U(0, 1): a stand-in for a sparsity-trained one."""
-    model = _model(s, torch.device("cpu"), torch.contiguous_format)
-    g = torch.Generator().manual_seed(s.seed)
+def random_gammas(model: nn.Module, seed: int) -> nn.Module:
+    """`model` with every prunable γ drawn from U(0, 1) (in place): a sparsity-trained model's spread of γ, so that
+    pruning at any ratio cuts a realistic mix of layers without training first."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for bn in prunable_batchnorms(model).values():
-            bn.weight.copy_(torch.rand(bn.weight.shape, generator=g))
-    return model.eval()
+            bn.weight.copy_(torch.rand(bn.weight.shape, generator=g).to(bn.weight.device))
+    return model
+
+
+def random_gamma_model(s: BenchSettings) -> nn.Module:
+    """The unpruned model with random γ (`random_gammas`): a stand-in for a sparsity-trained one."""
+    return random_gammas(_model(s, torch.device("cpu"), torch.contiguous_format), s.seed).eval()
 
 
 def measure_inference(s: BenchSettings, config: Config, device: torch.device) -> list[dict]:

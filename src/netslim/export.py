@@ -197,8 +197,11 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def ort_session(model: onnx.ModelProto | str | Path, threads: int) -> ort.InferenceSession:
-    """A CPU session with `threads` intra-op threads (stated, not left to the runtime) and every graph optimisation.
+def ort_session(
+    model: onnx.ModelProto | str | Path, threads: int, provider: str = "CPUExecutionProvider"
+) -> ort.InferenceSession:
+    """A session with `threads` intra-op threads (stated, not left to the runtime) and every graph optimisation, on
+    the CPU unless `provider` names another (`netslim.tools.gpu_check` tries "CUDAExecutionProvider").
 
     Its threads sleep between runs instead of spinning: sessions are timed in turn, and a session's spinning
     threads took the CPU from the next one's run. Measured on 2 cores, five exports of the demo timed in turn at
@@ -211,7 +214,7 @@ def ort_session(model: onnx.ModelProto | str | Path, threads: int) -> ort.Infere
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, options, providers=[provider])
 
 
 def ort_logits(session: ort.InferenceSession, images: torch.Tensor) -> np.ndarray:
