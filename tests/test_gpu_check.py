@@ -21,12 +21,9 @@ GPU_TESTS = 4  # tests marked gpu in tests/: they skip without CUDA, and the che
 
 
 def _seed_files(folder: Path) -> tuple[Path, Path]:
-    """The committed params.yaml and seed profile (the profile empty where the commit has none: params is the seed)."""
+    """The committed params.yaml and profiles/seed.yaml, copied into `folder`."""
     profile = folder / "seed.yaml"
-    try:
-        profile.write_text(committed_text("profiles/seed.yaml"))
-    except FileNotFoundError:
-        profile.write_text("")
+    profile.write_text(committed_text("profiles/seed.yaml"))
     return committed_params(folder), profile
 
 

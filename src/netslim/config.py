@@ -17,6 +17,8 @@ from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
+from netslim.registry import ARCHITECTURES
+
 DATASETS = ("cifar10", "fashion-mnist")
 SCHEDULES = ("step", "cosine")  # lr schedules of train and finetune (netslim.engine.make_optimizer)
 
@@ -396,8 +398,6 @@ def _validate_export(e: ExportConfig) -> None:
 
 def validate(c: Config) -> None:
     """Range checks across the whole config; raises ConfigError on the first problem."""
-    from netslim.models.registry import ARCHITECTURES  # here, not at the top: it imports torch
-
     _require(
         c.model.arch in ARCHITECTURES,
         f"model.arch: {c.model.arch!r} is unknown; use one of {', '.join(ARCHITECTURES)}",

@@ -30,7 +30,7 @@ from netslim.data import Split, normalize
 from netslim.io import atomic_write_bytes
 from netslim.measure import IMAGE_SHAPE, count_macs, interleaved_seconds, interleaved_throughput
 from netslim.models import memory_format, unwrap
-from netslim.models.registry import architecture
+from netslim.registry import architecture
 from netslim.slimming.surgery import prune, ratio_for_budget
 from netslim.slimming.threshold import PruneError, check_min_channels, check_round_to
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from netslim.io import CheckpointError, load_checkpoint, save_torch
 from netslim.models.architecture import Architecture
-from netslim.models.registry import ARCHITECTURES, architecture
+from netslim.registry import ARCHITECTURES, architecture
 
 CHECKPOINT_FORMAT = "netslim-checkpoint/1"
 
@@ -21,7 +21,7 @@ def default_cfg(arch: str, width: float = 1.0) -> list:
 
 def build_model(arch: str, num_classes: int = 10, cfg: list | None = None, width: float = 1.0) -> nn.Module:
     """Args:
-    arch: a name in the registry (netslim.models.registry).
+    arch: a name in the registry (netslim.registry).
     cfg: per-layer widths (see each model); None = unpruned.
     width: scales the unpruned widths (and the fixed ones, e.g. block outputs) for quick runs.
     """
