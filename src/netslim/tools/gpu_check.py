@@ -315,7 +315,7 @@ def prune_section(sparse, data, config: Config, device, ratio: float) -> tuple[A
     """`steps.prune.prune_step` at `ratio` (every repair variant, accuracy, MACs, eager speed under the runtime)."""
     from netslim.steps.prune import prune_step
 
-    outcome = prune_step(sparse, data, config, device, ratio)
+    outcome = prune_step(sparse.cpu(), data, config, device, ratio)  # the stage loads it on the CPU, then moves it
     metrics = outcome.metrics()
     keep = ("ratio_used", "channels_removed", "num_params", "num_params_unpruned", "macs", "macs_unpruned")
     keep += ("macs_ratio", "speedup_b1", "speedup_b64", "throughput_b64", "throughput_b64_unpruned")
