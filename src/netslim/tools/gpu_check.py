@@ -34,10 +34,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from netslim.config import Config, ConfigError, load_config, parse_lambda, read_yaml
 from netslim.io import atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    from netslim.config import Config
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: tests/ and profiles/ live there
 SEED_PROFILE = Path("profiles/seed.yaml")
@@ -46,6 +48,7 @@ CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 # The packages the check imports that a bare GPU image may lack (carry them as wheels: `make gpu-wheels`).
 NEEDED = ("ruamel.yaml", "thop")
 EXPORT_NEEDS = ("onnx", "onnxruntime", "onnxscript")
+GPU_MARK = re.compile(r"^@pytest\.mark\.gpu\b", re.MULTILINE)  # a test that needs CUDA (skipped without it)
 
 # name -> (bf16 autocast, channels_last, torch.compile): the runtime switches of params.yaml
 VARIANTS = {
@@ -67,6 +70,7 @@ class CheckSize:
         batch_size: None: the seed's train.batch_size.
         compile_backend: torch.compile's backend; the CPU fallback traces with "eager" (inductor's C++ build takes
             minutes on 2 cores) so that the compiled path still runs.
+        budget_seconds: what the sections may take together; one that would not fit is skipped (see NEEDS).
     """
 
     width: float
@@ -90,6 +94,8 @@ NEEDS = {"train": 25, "l1": 5, "prune": 30, "finetune": 20, "export": 90, "tests
 
 def seed_config(params: Path, profile: Path | None) -> Config:
     """params.yaml with the seed experiment's overrides (profiles/seed.yaml, flat section.key lines) on top."""
+    from netslim.config import ConfigError, load_config, read_yaml
+
     overrides = {}
     if profile is not None and profile.is_file():
         overrides = read_yaml(profile.read_text()) or {}
@@ -120,10 +126,8 @@ class SeedShape:
     eval_images: int  # validation + test, evaluated after every epoch
     train_epochs: int
     finetune_epochs: int
-    finetune_batch_size: int
     lambdas: int
     ratios: tuple[float, ...]
-    image_size: int
 
     @classmethod
     def of(cls, config: Config) -> SeedShape:
@@ -137,10 +141,8 @@ class SeedShape:
             eval_images=d.val_size + test,
             train_epochs=config.train.epochs,
             finetune_epochs=config.finetune.epochs,
-            finetune_batch_size=config.finetune.batch_size,
             lambdas=len(config.train.lambdas),
             ratios=tuple(float(r) for r in config.prune.ratios if isinstance(r, int | float)),
-            image_size=d.image_size,
         )
 
 
@@ -390,7 +392,7 @@ def export_section(unpruned, pruned, data, config: Config, size: CheckSize) -> d
 def cuda_tests() -> dict[str, Any]:
     """The tests marked `gpu` (they skip without CUDA), run by pytest in a process of their own."""
     tests = ROOT / "tests"
-    files = sorted(str(p) for p in tests.glob("test_*.py") if "@pytest.mark.gpu" in p.read_text())
+    files = sorted(str(p) for p in tests.glob("test_*.py") if GPU_MARK.search(p.read_text()))
     if not files:
         return {"files": [], "summary": f"no test marked gpu under {tests}", "passed": False}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *files]
@@ -488,6 +490,7 @@ def check_arch(check: Check, arch: str, config: Config, shape: SeedShape, size: 
     """Training timed both ways, the L1 hook under autocast, pruning at every seed ratio, fine-tuning each pruned
     model (timed) and one `fit` epoch of the last: returns [the sparse stand-in, the pruned models...]."""
     from netslim.bench import random_gammas
+    from netslim.config import parse_lambda
 
     seed = config.experiment.seed
     data = _data(size.steps * (size.batch_size or shape.batch_size), size.eval_images, seed)
@@ -522,6 +525,7 @@ def check_arch(check: Check, arch: str, config: Config, shape: SeedShape, size: 
 def run_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
+    from netslim.config import parse_lambda
     from netslim.engine import resolve_device, set_deterministic
 
     config = seed_config(args.params, args.profile)
@@ -746,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from netslim.config import ConfigError  # after the check: it needs ruamel.yaml
+
     try:
         if args.torchrun_worker:
             return torchrun_worker(args)
