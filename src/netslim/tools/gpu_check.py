@@ -399,12 +399,13 @@ def cuda_tests() -> dict[str, Any]:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else done.stderr[-300:]
-    counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", summary)}
-    return (
-        {"files": [Path(f).name for f in files], "returncode": done.returncode, "summary": summary}
-        | counts
-        | {"passed": done.returncode == 0}
-    )
+    counts = {f"tests_{word}": int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", summary)}
+    return {
+        "files": [Path(f).name for f in files],
+        "returncode": done.returncode,
+        "summary": summary,
+        "passed": done.returncode == 0,
+    } | counts
 
 
 def torchrun_section(args: argparse.Namespace, size_name: str, device_type: str, out: Path) -> dict[str, Any]:
@@ -694,7 +695,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"its second epoch: {'pass' if t['passed'] else 'FAIL'}"
             )
         elif kind == "cuda_tests":
-            checks.append(f"- {key} ({', '.join(t['files'])}): {t['summary']}: {'pass' if t['passed'] else 'FAIL'}")
+            verdict = "FAIL" if not t["passed"] else "pass" if t.get("tests_passed") else "all skipped: no CUDA"
+            checks.append(f"- {key} ({', '.join(t['files'])}): {t['summary']}: {verdict}")
     lines += ["", *checks]
     lines += [f"- {k}: skipped, {v}" for k, v in report["skipped"].items()]
     lines += [f"- {k}: **failed**, {v}" for k, v in report["errors"].items()]
