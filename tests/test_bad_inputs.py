@@ -227,7 +227,7 @@ CASES = [
     Case(
         "cfg-not-matching-weights",
         PRUNE,
-        edit_checkpoint(SPARSE, cfg_of(0.125)),
+        edit_checkpoint(SPARSE, cfg_of(0.03125)),
         (f"{SPARSE}: weights do not match", "the cfg was not saved with these weights"),
     ),
     Case("not-a-checkpoint", PRUNE, write_text(str(SPARSE), "hello\n"), (f"{SPARSE}: not a readable checkpoint",)),

@@ -74,7 +74,7 @@ def test_hostile_resume_state_is_ignored_without_running_it(tmp_path, capsys):
 
 def test_hostile_prepared_split_is_refused_naming_the_file(tmp_path):
     marker = tmp_path / "pwned"
-    write_json(tmp_path / "meta.json", {"num_classes": 10, "classes": [], "mean": [0] * 3, "std": [1] * 3,
+    write_json(tmp_path / "meta.json", {"num_classes": 10, "classes": list("abcdefghij"), "mean": [0] * 3, "std": [1] * 3,
                                         "sizes": {}, "dataset": "x"})  # fmt: skip
     hostile_torch_file(tmp_path / "train.pt", marker)
     with pytest.raises(DataError, match="train.pt: unreadable"):
@@ -121,6 +121,36 @@ def cfg_of_a_wider_model(tmp_path: Path, path: Path) -> None:
     save_torch(path, checkpoint)
 
 
+def cfg_of_a_narrower_model(tmp_path: Path, path: Path) -> None:
+    checkpoint = _checkpoint()
+    checkpoint["cfg"] = default_cfg("resnet50", 0.03125)
+    save_torch(path, checkpoint)
+
+
+def a_huge_width(tmp_path: Path, path: Path) -> None:
+    checkpoint = _checkpoint()
+    checkpoint["width"] = 1e6  # would allocate gigabytes if built before the check
+    save_torch(path, checkpoint)
+
+
+def a_huge_head(tmp_path: Path, path: Path) -> None:
+    checkpoint = _checkpoint()
+    checkpoint["num_classes"] = 10**8
+    save_torch(path, checkpoint)
+
+
+def a_huge_cfg_entry(tmp_path: Path, path: Path) -> None:
+    checkpoint = _checkpoint()
+    checkpoint["cfg"][0] = [10**7, 4]
+    save_torch(path, checkpoint)
+
+
+def nan_weights(tmp_path: Path, path: Path) -> None:
+    checkpoint = _checkpoint()
+    checkpoint["state_dict"]["fc.weight"].fill_(float("nan"))
+    save_torch(path, checkpoint)
+
+
 def cfg_that_builds_nothing(tmp_path: Path, path: Path) -> None:
     checkpoint = _checkpoint()
     checkpoint["cfg"] = [[1, 2]]
@@ -158,8 +188,13 @@ def text(tmp_path: Path, path: Path) -> None:
         (empty, "not a readable checkpoint"),
         (text, "not a readable checkpoint"),
         (other_arch_weights, "missing keys"),
-        (cfg_of_a_wider_model, "the cfg was not saved with these weights"),
-        (cfg_that_builds_nothing, "its cfg does not build a resnet50"),
+        (cfg_of_a_wider_model, "cfg entry 0 is 8, not a width in 1..4 (the unpruned one)"),
+        (cfg_of_a_narrower_model, "the cfg was not saved with these weights"),
+        (a_huge_width, "width 1000000.0 is outside (0, 4]"),
+        (a_huge_head, "num_classes 100000000 is not a class count in 2..1000"),
+        (a_huge_cfg_entry, "cfg entry 0 is 10000000, not a width in 1..4"),
+        (nan_weights, "1 tensors hold NaN or inf (e.g. fc.weight); the run that wrote it diverged"),
+        (cfg_that_builds_nothing, "its cfg has 2 entries, a resnet50 has 32"),
         (wrong_num_classes, "fc.weight has shape [10, 128] in the file"),
         (state_dict_not_tensors, "not a mapping of names to tensors"),
         (a_bare_tensor, "holds a Tensor"),
@@ -188,3 +223,19 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
         save_torch(path, {"not picklable": lambda: None})
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_a_checkpoint_of_another_arch_than_the_config_names_is_refused(tmp_path):
+    path = tmp_path / "best.pt"
+    save_model(path, build_model("vgg19", 10, width=0.0625))
+    with pytest.raises(CheckpointError, match="holds a vgg19 but model.arch is resnet50; .* set model.arch: vgg19"):
+        load_model(path, "resnet50")
+
+
+def test_a_model_with_nan_weights_is_never_written(tmp_path):
+    model = build_model("vgg19", 10, width=0.0625)
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="not written: 1 tensors hold NaN or inf .*lower its lr"):
+        save_model(tmp_path / "best.pt", model)
+    assert list(tmp_path.iterdir()) == []

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError
 
 from netslim.registry import ARCHITECTURES
 
 DATASETS = ("cifar10", "fashion-mnist")
+MAX_WIDTH = 4.0  # the largest model.width (and checkpoint width): 16× the parameters of the paper's models
+MAX_CLASSES = 1000  # the datasets here have 10; more in a checkpoint or meta.json means a broken or crafted file
+MAX_SEED = 2**32 - 1  # engine.epoch_generator seeds with seed × 1,000,003 + epoch, which must stay below 2^63
 SCHEDULES = ("step", "cosine")  # lr schedules of train and finetune (netslim.engine.make_optimizer)
 
 
@@ -301,14 +305,12 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: {value!r} must be a whole number")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            if isinstance(value, str):
-                try:  # PyYAML reads `1e-4` (no dot) as a string; accept what is plainly a number
-                    return float(value)
-                except ValueError:
-                    pass
+        number = _float(value)
+        if number is None:
             raise ConfigError(f"{key}: {value!r} must be a number")
-        return float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} must be a finite number")
+        return number
     if hint is str:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
@@ -316,6 +318,16 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: {value!r} must be a string")
         return value
     raise TypeError(f"unsupported config type {hint} for {key}")  # a bug in this file, not in params
+
+
+def _float(value: Any) -> float | None:
+    """A number as a float; None for what is not plainly one (a bool, a word, a number too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:  # PyYAML reads `1e-4` (no dot) as a string; accept what is plainly a number
+        return float(value)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _section_from_dict(cls: type, raw: Any, prefix: str) -> Any:
@@ -406,7 +418,11 @@ def validate(c: Config) -> None:
         c.data.dataset in DATASETS,
         f"data.dataset: {c.data.dataset!r} is unknown; use one of {', '.join(DATASETS)}",
     )
-    _require(0 < c.model.width <= 4, f"model.width: {c.model.width} must be in (0, 4]")
+    _require(0 < c.model.width <= MAX_WIDTH, f"model.width: {c.model.width} must be in (0, {MAX_WIDTH:g}]")
+    _require(
+        0 <= c.experiment.seed <= MAX_SEED,
+        f"experiment.seed: {c.experiment.seed} must be in 0..{MAX_SEED} (torch's generators take 32-bit seeds here)",
+    )
     _require(c.data.val_size >= 0, f"data.val_size: {c.data.val_size} must be >= 0")
     _require(
         8 <= c.data.image_size <= 32,
@@ -496,20 +512,40 @@ def validate(c: Config) -> None:
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
     """Read params.yaml (plus optional {"section.key": value} overrides) into a validated Config."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a params file; pass --params PATH to a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root or pass --params PATH")
     try:
-        raw = read_yaml(path.read_text()) or {}
+        raw = read_yaml(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; pass --params PATH to a YAML file") from None
     except YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        raise ConfigError(f"{path}: {_yaml_problem(e)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; it must hold the pipeline's sections (see the committed one)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping of sections, not a {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not key:
             raise ConfigError(f"{dotted}: an override must be section.key=value")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise ConfigError(f"{section}: must be a mapping")
+            raise ConfigError(f"{path}: section {section} is a {type(raw[section]).__name__}; it must be a mapping")
         raw[section][key] = value
     return config_from_dict(raw)
+
+
+def _yaml_problem(error: YAMLError) -> str:
+    """What is wrong with a YAML text, in words, with its line: a duplicate key and a tag are named as such."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1})" if mark is not None else ""
+    problem = getattr(error, "problem", None) or ""
+    if isinstance(error, DuplicateKeyError):
+        key = problem.split('"')[1] if problem.count('"') >= 2 else "?"
+        return f"duplicate key {key!r}{where}; keep one of the two"
+    if isinstance(error, ConstructorError) and "tag" in problem:
+        tag = problem.split("'")[1] if problem.count("'") >= 2 else "?"
+        return f"tags are not allowed ({tag!r}{where}); write a plain value"
+    return f"not valid YAML{where}; fix the syntax"

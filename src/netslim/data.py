@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from netslim.config import DataConfig
+from netslim.config import MAX_CLASSES, DataConfig
 from netslim.io import CheckpointError, load_checkpoint, save_torch, write_json
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
@@ -43,6 +43,7 @@ FASHION_MNIST_FILES = {
 SPLITS = ("train", "val", "test")
 FASHION_MNIST_BORDER = 2  # Fashion-MNIST's 28×28 images are read zero-padded by this much to SIZE×SIZE
 SIZE = 32  # every raw image is read as SIZE×SIZE×3 (CIFAR-10's size); `data.image_size` may scale it down
+MIN_IMAGE_SIZE = 8  # the smallest `data.image_size`
 
 _CIFAR10_WAYS = (
     "set data.cifar10_path to a cifar-10-batches-py folder or cifar-10-python.tar.gz, "
@@ -432,8 +433,15 @@ def load_prepared(out_dir: str | Path, dataset: str | None = None, image_size: i
         meta_size = int(meta.get("image_size", SIZE))  # folders prepared before the key existed are 32×32
         if len(mean) != 3 or len(std) != 3 or not isinstance(sizes, dict):
             raise ValueError("mean/std need 3 channels and sizes a mapping")
+        # Bounded before anything is built from them: a head of num_classes, images of meta_size, 1/std.
+        if not 2 <= num_classes <= MAX_CLASSES or len(classes) != num_classes:
+            raise ValueError(f"num_classes {num_classes} must be 2..{MAX_CLASSES}, one per name in classes")
+        if not all(0 <= m <= 1 for m in mean) or not all(1e-3 <= v <= 1 for v in std):
+            raise ValueError(f"mean {mean} must be in [0, 1] and std {std} in [0.001, 1] (pixels are scaled to 0..1)")
+        if not MIN_IMAGE_SIZE <= meta_size <= SIZE:
+            raise ValueError(f"image_size {meta_size} must be in {MIN_IMAGE_SIZE}..{SIZE}")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _rerun(meta_path, f"not a valid prepared-data meta.json ({type(e).__name__}: {str(e)[:60]})") from None
+        raise _rerun(meta_path, f"not a valid prepared-data meta.json ({type(e).__name__}: {str(e)[:160]})") from None
     if dataset is not None and dataset != meta_dataset:
         raise DataError(
             f"{meta_path}: the prepared data is {meta_dataset} but data.dataset is {dataset}; "

@@ -228,7 +228,9 @@ def max_abs_difference(
 ) -> float:
     """Largest |ONNX Runtime logit - PyTorch logit| / (1 + |PyTorch logit|) over `images` (normalised float32 NCHW),
     the model in eval mode: an absolute difference for ordinary logits, a relative one for huge ones (a diverged
-    fine-tuning can leave logits of 1e9, where float32 alone differs by far more than any fixed tolerance)."""
+    fine-tuning can leave logits of 1e9, where float32 alone differs by far more than any fixed tolerance).
+    NaN when either side's logits hold a NaN or an infinity (Python's max(0.0, nan) is 0.0: a NaN is never
+    folded into the running maximum)."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
@@ -238,7 +240,10 @@ def max_abs_difference(
             for start in range(0, len(images), batch_size):
                 batch = images[start : start + batch_size].float().contiguous()
                 expected = model(batch.to(next(model.parameters()).device)).float().cpu().numpy()
-                scaled = np.abs(ort_logits(session, batch) - expected) / (1 + np.abs(expected))
+                exported = ort_logits(session, batch)
+                if not (np.isfinite(expected).all() and np.isfinite(exported).all()):
+                    return math.nan
+                scaled = np.abs(exported - expected) / (1 + np.abs(expected))
                 worst = max(worst, float(scaled.max()))
     finally:
         model.train(was_training)
@@ -250,7 +255,12 @@ def check_matches(
 ) -> float:
     """The max abs difference of `max_abs_difference`, or ExportError when it exceeds `atol`."""
     difference = max_abs_difference(model, session, images)
-    if not difference <= atol:  # also catches NaN
+    if math.isnan(difference):
+        raise ExportError(
+            f"export: {name}: its logits on {len(images)} test images hold NaN or inf, in PyTorch or ONNX Runtime; "
+            "the model is not usable: rerun the stage that trained it with a lower lr (train.lr or finetune.lr)"
+        )
+    if not difference <= atol:
         raise ExportError(
             f"export: {name}: ONNX Runtime's logits differ from PyTorch's by up to {difference:.3g} × (1 + |logit|) "
             f"on {len(images)} test images (allowed {atol:g}); the exported file is wrong, do not ship it"

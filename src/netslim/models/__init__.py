@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netslim.config import MAX_CLASSES, MAX_WIDTH
 from netslim.io import CheckpointError, load_checkpoint, save_torch
 from netslim.models.architecture import Architecture
 from netslim.registry import ARCHITECTURES, architecture
@@ -58,32 +59,93 @@ def make_checkpoint(model: nn.Module, provenance: dict[str, Any] | None = None) 
     }
 
 
+def non_finite(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_model(path: str | Path, model: nn.Module, provenance: dict[str, Any] | None = None) -> None:
-    save_torch(path, make_checkpoint(model, provenance))
+    """The checkpoint of `model`; CheckpointError (nothing written) when a weight is NaN or infinite."""
+    checkpoint = make_checkpoint(model, provenance)
+    bad = non_finite(checkpoint["state_dict"])
+    if bad:
+        raise CheckpointError(
+            f"{path}: not written: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]}); the training diverged, "
+            "lower its lr (train.lr or finetune.lr)"
+        )
+    save_torch(path, checkpoint)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> nn.Module:
-    """Rebuild a model from a checkpoint dict; any mismatch is a CheckpointError naming `path`."""
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: str | Path = "<checkpoint>", arch: str | None = None
+) -> nn.Module:
+    """Rebuild a model from a checkpoint dict; any mismatch is a CheckpointError naming `path`.
+
+    Every size the file states (num_classes, width, each cfg width) is checked, and the model is first built on
+    the meta device (no memory) and compared with the weights, before anything is allocated: a crafted cfg cannot
+    make it allocate more than the weights the file already holds.
+
+    Args:
+        arch: the `model.arch` the stage expects; a checkpoint of another architecture is refused.
+    """
     for key in ("arch", "num_classes", "cfg", "state_dict"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: not a netslim model checkpoint (no {key!r}); pass a file netslim wrote")
-    arch = checkpoint["arch"]
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: arch {arch!r} is unknown; this netslim builds {', '.join(ARCHITECTURES)}")
-    try:
-        model = build_model(
-            arch, int(checkpoint["num_classes"]), checkpoint["cfg"], float(checkpoint.get("width", 1.0))
+    found = checkpoint["arch"]
+    if not isinstance(found, str) or found not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: arch {found!r} is unknown; this netslim builds {', '.join(ARCHITECTURES)}")
+    if arch is not None and found != arch:
+        raise CheckpointError(
+            f"{path}: holds a {found} but model.arch is {arch}; rerun the stage that writes it (`dvc repro`) "
+            f"or set model.arch: {found}"
         )
-    except (ValueError, TypeError, IndexError) as e:
-        raise CheckpointError(f"{path}: its cfg does not build a {arch}: {e}") from None
+    num_classes, width, cfg = checkpoint["num_classes"], checkpoint.get("width", 1.0), checkpoint["cfg"]
+    _check_sizes(found, num_classes, width, cfg, path)
     state_dict = checkpoint["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: its state_dict is not a mapping of names to tensors; pass a file netslim wrote")
-    mismatch = _state_dict_mismatch(model, state_dict)
+    try:
+        with torch.device("meta"):
+            shapes = build_model(found, num_classes, cfg, float(width))
+    except (ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: its cfg does not build a {found}: {e}") from None
+    mismatch = _state_dict_mismatch(shapes, state_dict)
     if mismatch:
-        raise CheckpointError(f"{path}: weights do not match its arch {arch} and cfg: {mismatch}")
+        raise CheckpointError(f"{path}: weights do not match its arch {found} and cfg: {mismatch}")
+    bad = non_finite(state_dict)
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]}); the run that wrote it diverged: rerun it "
+            "with a lower lr (train.lr or finetune.lr)"
+        )
+    model = build_model(found, num_classes, cfg, float(width))
     model.load_state_dict(state_dict)
     return model
+
+
+def _check_sizes(arch: str, num_classes: Any, width: Any, cfg: Any, path: str | Path) -> None:
+    """CheckpointError unless num_classes, width and every cfg width are within what netslim ever writes."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
+        raise CheckpointError(f"{path}: num_classes {num_classes!r} is not a class count in 2..{MAX_CLASSES}")
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= MAX_WIDTH:
+        raise CheckpointError(f"{path}: width {width!r} is outside (0, {MAX_WIDTH:g}] (model.width)")
+    unpruned = _leaves(default_cfg(arch, float(width)))
+    given = _leaves(cfg) if isinstance(cfg, list) else []
+    if len(given) != len(unpruned):
+        raise CheckpointError(f"{path}: its cfg has {len(given)} entries, a {arch} has {len(unpruned)}")
+    for i, (value, limit) in enumerate(zip(given, unpruned, strict=True)):
+        if isinstance(limit, str):
+            ok = value == limit
+        else:
+            ok = not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= limit
+        if not ok:
+            allowed = repr(limit) if isinstance(limit, str) else f"a width in 1..{limit} (the unpruned one)"
+            raise CheckpointError(f"{path}: cfg entry {i} is {value!r:.20}, not {allowed} of a {arch} at width {width}")
+
+
+def _leaves(cfg: Any) -> list:
+    """A cfg's entries in order, nested lists flattened."""
+    return [leaf for item in cfg for leaf in _leaves(item)] if isinstance(cfg, list | tuple) else [cfg]
 
 
 def _state_dict_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str:
@@ -104,9 +166,13 @@ def _state_dict_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
     return ""
 
 
-def load_model(path: str | Path) -> nn.Module:
-    """Rebuild any unpruned, pruned or fine-tuned model from its file alone (weights_only=True)."""
-    return model_from_checkpoint(load_checkpoint(path), path)
+def load_model(path: str | Path, arch: str | None = None) -> nn.Module:
+    """Rebuild any unpruned, pruned or fine-tuned model from its file alone (weights_only=True).
+
+    Args:
+        arch: the `model.arch` the caller expects; a checkpoint of another architecture is refused.
+    """
+    return model_from_checkpoint(load_checkpoint(path), path, arch)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
