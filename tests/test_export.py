@@ -3,8 +3,10 @@ budget, and the `netslim export` stage."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -39,6 +41,7 @@ from netslim.export import (
     speed_rows,
     write_onnx,
 )
+from netslim.io import load_checkpoint, save_torch
 from netslim.measure import count_macs
 from netslim.models import architecture, batchnorms, load_model, save_model
 from netslim.slimming.surgery import prune, ratio_for_budget
@@ -308,9 +311,32 @@ def test_export_stage_writes_checked_onnx_files_and_speed_metrics(project, capsy
     assert "finetuned_0.5: max |Δ logit|" in capsys.readouterr().out
 
 
-def test_export_stage_fails_and_writes_nothing_when_onnx_runtime_disagrees(project) -> None:
-    with pytest.raises(ExportError, match="unpruned: ONNX Runtime's logits differ"):
-        main(["export", "--set", "export.atol=1e-12"])
+def test_export_stage_fails_in_one_line_and_writes_nothing_when_onnx_runtime_disagrees(project, capsys) -> None:
+    assert main(["export", "--set", "export.atol=1e-12"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: export: unpruned: ONNX Runtime's logits differ") and err.count("\n") == 1, err
+    assert not (project / "models/exported").exists() and not (project / "reports/export").exists()
+    assert not list((project / ".netslim/state").glob("*.staging"))  # the staged files went with the failure
+
+
+def test_a_nan_model_fails_the_export_check_instead_of_reading_as_a_perfect_match(exported) -> None:
+    _, vgg = exported["vgg19"]
+    broken = copy.deepcopy(vgg.model)
+    with torch.no_grad():
+        broken.classifier.weight.fill_(float("nan"))
+    assert math.isnan(max_abs_difference(broken, vgg.session, images(4)))
+    with pytest.raises(ExportError, match="vgg19: its logits on 4 test images hold NaN or inf"):
+        check_matches("vgg19", broken, vgg.session, images(4), atol=1e-4)
+
+
+def test_export_stage_refuses_a_nan_checkpoint_naming_it(project, capsys) -> None:
+    path = project / "models/finetuned/0.5.pt"
+    checkpoint = load_checkpoint(path)
+    checkpoint["state_dict"]["classifier.weight"].fill_(float("nan"))
+    save_torch(path, checkpoint)  # below save_model, which would refuse to write it
+    assert main(["export"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {Path('models/finetuned/0.5.pt')}: 1 tensors hold NaN or inf"), err
     assert not (project / "models/exported").exists() and not (project / "reports/export").exists()
 
 

@@ -1,17 +1,28 @@
 """`netslim <stage>`: one thin subcommand per pipeline stage.
 
 Each subcommand loads and validates params.yaml once (plus `--set section.key=value` overrides), then
-calls its stage module. Bad input of any kind (params, data, checkpoints) ends with one line on stderr
-naming the key or file, the bad value and the fix, and exit code 2, before anything is written.
+calls its stage module. Bad input of any kind (params, data, checkpoints), a diverged training, a failed
+export check, a full or read-only disk and a second run of a running stage end with one line on stderr
+naming the key or file, the bad value and the fix, and exit code 2; `--debug` (or NETSLIM_DEBUG=1) shows
+the traceback instead. SIGINT and SIGTERM unwind the stage as an exception (so every `with` block closes:
+the staged outputs are dropped, the lock released, the MLflow run ended), child processes are terminated
+and waited for, and one line says what was interrupted and how to continue; exit code 128 + the signal.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
+import time
+
+from ruamel.yaml import YAMLError
 
 from netslim.config import ConfigError, load_config, read_yaml
+from netslim.io import describe_os_error
 
 # subcommand -> (module, help); modules import lazily so `netslim --help` stays fast.
 STAGES = {
@@ -27,14 +38,102 @@ STAGES = {
 }
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input, reported as one line with exit code 2."""
-    from netslim.data import DataError
-    from netslim.io import CheckpointError
-    from netslim.slimming.threshold import PruneError
-    from netslim.tracking import TrackingError
+# Exceptions a user can cause or meet, reported as one line with exit code 2, by module. Only the modules the stage
+# imported are looked at (an exception of a class implies its module was imported), so `netslim report` never
+# imports torch to learn what a TrainingDiverged is.
+USER_ERRORS = {
+    "netslim.config": ("ConfigError",),
+    "netslim.data": ("DataError",),
+    "netslim.io": ("CheckpointError", "MetricsError", "StageBusy"),
+    "netslim.slimming.threshold": ("PruneError",),
+    "netslim.tracking": ("TrackingError",),
+    "netslim.engine": ("TrainingDiverged",),
+    "netslim.export": ("ExportError",),
+}
+DEBUG_ENV = "NETSLIM_DEBUG"
 
-    return ConfigError, DataError, CheckpointError, PruneError, TrackingError
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes of USER_ERRORS that are importable now, without importing anything."""
+    found = [getattr(sys.modules[m], name) for m, names in USER_ERRORS.items() if m in sys.modules for name in names]
+    return tuple(found)
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the stage was: a KeyboardInterrupt, so every `with` block sees it
+    (tracking ends the MLflow run as KILLED) and no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # A second signal while the stage unwinds would cut its cleanup short; SIGKILL still ends it at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _signal_children(signal.SIGTERM)
+    raise StageInterrupted(signum)
+
+
+def _children() -> list[int]:
+    """This process's child processes (Linux /proc; none found elsewhere)."""
+    pids: list[int] = []
+    for task in os.listdir(f"/proc/{os.getpid()}/task") if os.path.isdir("/proc") else ():
+        try:
+            with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+                pids += [int(pid) for pid in f.read().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def _signal_children(signum: int) -> None:
+    for pid in _children():
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _reap_children(timeout: float = 10.0) -> None:
+    """Wait for the children told to stop; SIGKILL the ones still running after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while _children() and time.monotonic() < deadline:
+        for pid in _children():
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by its own Popen object meanwhile
+                pass
+        time.sleep(0.05)
+    _signal_children(signal.SIGKILL)
+    for pid in _children():
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _handle_interrupts() -> dict[int, object]:
+    """Install `_interrupt` for SIGINT and SIGTERM; the handlers it replaced (none off the main thread, where
+    Python allows no handler: a test calling main() from a thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def interrupted_line(argv: list[str], signum: int, resumable: bool) -> str:
+    """What was interrupted and how to continue."""
+    command = " ".join(["netslim", *argv])
+    if resumable:
+        again = f"rerun `{command}`" + ("" if "--resume" in argv else " --resume")
+        how = f"{again} (or `dvc repro`) to continue after the last finished epoch"
+    else:
+        how = f"rerun `{command}` (or `dvc repro`) to run it again"
+    return (
+        f"interrupted by {signal.Signals(signum).name}: `{command}` stopped; its outputs are as they were before it "
+        f"started; {how}"
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
@@ -43,7 +142,10 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"--set {item!r}: write section.key=value, e.g. --set finetune.lr=1e-3")
-        overrides[key.strip()] = read_yaml(value)
+        try:
+            overrides[key.strip()] = read_yaml(value)
+        except YAMLError:
+            raise ConfigError(f"--set {item!r}: {value!r} is not a YAML value; quote it") from None
     return overrides
 
 
@@ -65,6 +167,7 @@ def common_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one params value for this run (repeatable)",
     )
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks (as {DEBUG_ENV}=1 does)")
     return parser
 
 
@@ -82,23 +185,35 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in STAGES:
         print(f"error: unknown stage {argv[0]!r}; use one of {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    config = None
-    if not {"-h", "--help"} & set(argv[1:]):
-        # params first: a bad key or value is reported before the stage's imports (torch: seconds) are paid for.
-        common, _ = common_parser().parse_known_args(argv[1:])
-        try:
-            config = load_config(common.params, parse_overrides(common.set))
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    module = importlib.import_module(STAGES[argv[0]][0])  # only the chosen stage's imports are paid for
-    args = stage_parser(argv[0], module).parse_args(argv[1:])
-    args.stage = argv[0]
+    debug = "--debug" in argv[1:] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    previous = _handle_interrupts()
+    resumable = False
     try:
+        config = None
+        if not {"-h", "--help"} & set(argv[1:]):
+            # params first: a bad key or value is reported before the stage's imports (torch: seconds) are paid for.
+            common, _ = common_parser().parse_known_args(argv[1:])
+            config = load_config(common.params, parse_overrides(common.set))
+        module = importlib.import_module(STAGES[argv[0]][0])  # only the chosen stage's imports are paid for
+        args = stage_parser(argv[0], module).parse_args(argv[1:])
+        args.stage = argv[0]
+        resumable = hasattr(args, "resume")
         return int(module.run(args, config) or 0)
-    except user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+    except StageInterrupted as e:
+        _reap_children()
+        if debug:
+            raise
+        print(f"error: {interrupted_line(argv, e.signum, resumable)}", file=sys.stderr)
+        return 128 + e.signum
+    except (*user_errors(), OSError) as e:
+        if debug:
+            raise
+        message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        print(f"error: {message}", file=sys.stderr)
         return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

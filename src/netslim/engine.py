@@ -45,10 +45,11 @@ from netslim.slimming.sparsity import add_l1_subgradient, sparsity
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN/inf or exceeded the divergence limit."""
+    """The training loss became NaN/inf or exceeded the divergence limit; the message says which lr to lower."""
 
-    def __init__(self, epoch: int, loss: float, limit: float) -> None:
-        super().__init__(f"training diverged at epoch {epoch}: train loss {loss:.4g} (limit {limit:.4g})")
+    def __init__(self, epoch: int, loss: float, limit: float, lr_key: str = "the lr", desc: str = "training") -> None:
+        over = f" (limit {limit:.4g})" if math.isfinite(limit) and math.isfinite(loss) else ""
+        super().__init__(f"{desc}: diverged at epoch {epoch}, loss {loss:.4g}{over}; lower {lr_key}")
         self.epoch, self.loss = epoch, loss
 
 
@@ -352,6 +353,7 @@ def fit(
     fingerprint_extra: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None,
     desc: str = "train",
+    lr_key: str = "the lr",
 ) -> FitResult:
     """Train `model` in place for `s.epochs` and keep the best state by validation accuracy.
 
@@ -362,6 +364,7 @@ def fit(
         fingerprint_extra: what else identifies the run (source checkpoint hash, data meta).
         on_epoch: called on every rank after each epoch with the history record and the plain model
             (tracking, Optuna pruning); an exception it raises stops training.
+        lr_key: the params key of the lr, named by TrainingDiverged (e.g. "train.lr").
     """
     rank, world_size = world()
     model.to(device)
@@ -418,7 +421,7 @@ def fit(
         if world_size > 1:
             broadcast_buffers(model)
         if not math.isfinite(train_loss) or train_loss > s.divergence_loss:
-            raise TrainingDiverged(epoch, train_loss, s.divergence_loss)
+            raise TrainingDiverged(epoch, train_loss, s.divergence_loss, lr_key, desc)
         ev = dict(
             device=device, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last, distributed=True
         )

@@ -53,6 +53,10 @@ class Layout:
     def state(self, stage: str, label: str) -> Path:
         return Path(self.paths.state) / f"{stage}-{label}.pt"
 
+    def work(self, stage: str, label: str) -> Path:
+        """`<this>.lock` and `<this>.staging/` of one stage run (netslim.io.stage_outputs), beside the states."""
+        return Path(self.paths.state) / f"{stage}-{label}"
+
     @property
     def search_cache(self) -> Path:
         return Path(self.paths.search_reports) / "cache"

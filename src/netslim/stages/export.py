@@ -39,10 +39,10 @@ from netslim.export import (
     speed_rows,
     write_onnx,
 )
-from netslim.io import write_json
+from netslim.io import stage_outputs, write_metrics
 from netslim.layout import Layout
 from netslim.measure import count_macs, model_summary
-from netslim.models import load_model
+from netslim.models import count_params, load_model
 from netslim.steps.prune import prune_configured
 
 UNPRUNED = "unpruned"
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     sources = {UNPRUNED: layout.sparse_best(lam)} | {
         f"finetuned_{ratio_label(r)}": layout.finetuned(r) for r in config.prune.ratios
     }
-    models = {name: load_model(path).cpu().eval() for name, path in sources.items()}  # a bad file stops here
+    # a bad file, or one of another arch than model.arch, stops here
+    models = {name: load_model(path, config.model.arch).cpu().eval() for name, path in sources.items()}
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     size = (1, *data.image_shape)
     e = config.export
@@ -135,7 +136,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     }
     # what an export run compares: the sparse model of one λ and its fine-tuned models, one per ratio
     compared = {"lambda": lam, "ratios": tracking.param_text([ratio_label(r) for r in config.prune.ratios])}
-    with tracking.stage_run(config, "export", "export", params=compared, **{"lambda": lam}) as run:
+    reports = [layout.export_reports / "metrics.json", layout.export_reports / "widths.json"]
+    files = [*(layout.exported(name) for name in models), *reports]
+    needs = sum(4 * count_params(model) for model in models.values()) + 2**20
+    with (
+        stage_outputs(layout.work("export", "all"), "export", files, needs) as outputs,
+        tracking.stage_run(config, "export", "export", params=compared, **{"lambda": lam}) as run,
+    ):
         run.set_tags({"ort_threads": threads, "opset": OPSET})  # stage_run itself logs the params dvc.yaml lists
         run.linked_sources(list(sources.values()))
         exported, metrics = {}, {}
@@ -160,10 +167,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 metrics[name] |= _ratios(metrics[UNPRUNED], metrics[name]) | _flat(rows)
         widths = compare_widths(models[UNPRUNED], data, config, reference, threads) if e.compare_round_to else {}
         for name, (proto, _) in exported.items():
-            write_onnx(layout.exported(name), proto)
+            write_onnx(outputs.path(layout.exported(name)), proto)
         setting = {"threads": threads, "opset": OPSET, "pad_to": e.pad_to}
-        write_json(layout.export_reports / "metrics.json", setting | metrics)
-        write_json(layout.export_reports / "widths.json", setting | widths)
+        write_metrics(outputs.path(layout.export_reports / "metrics.json"), setting | metrics)
+        write_metrics(outputs.path(layout.export_reports / "widths.json"), setting | widths)
+        outputs.commit()
         headline = [f"{model}/onnx_test_acc" for model in metrics]
         headline += [f"{model}/speedup_b{e.batch_sizes[0]}" for model in metrics if model != UNPRUNED]
         run.metrics(

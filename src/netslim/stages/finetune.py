@@ -11,10 +11,10 @@ from netslim import distributed, tracking
 from netslim.config import BUDGET, Config, lambda_label, parse_ratio, ratio_label
 from netslim.data import load_prepared
 from netslim.engine import is_main_process, resolve_device, set_deterministic
-from netslim.io import file_sha256, load_checkpoint, write_csv, write_json
+from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.measure import model_summary
-from netslim.models import model_from_checkpoint
+from netslim.models import count_params, model_from_checkpoint
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import finetune
 
@@ -37,7 +37,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     device = resolve_device(config.experiment.device)
     source = layout.pruned(label)
     checkpoint = load_checkpoint(source)
-    model = model_from_checkpoint(checkpoint, source)
+    model = model_from_checkpoint(checkpoint, source, config.model.arch)
     model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     settings = fit_settings(config, config.finetune, sparsity_lambda=0.0)
@@ -46,7 +46,15 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     tags = {"ratio": label, "lambda": lam, "arch": model.arch, "dataset": config.data.dataset}
     percent = label if label == BUDGET else f"{float(label) * 100:g}%"
     params = {"ratio": label, "lambda": lam}
-    with tracking.stage_run(config, "finetune", f"finetune {percent}", params=params, **tags) as run:
+    out, reports = layout.finetuned(label), layout.finetune_reports(label)
+    files = [out, reports / "history.csv", reports / "metrics.json"]
+    needs = 6 * 4 * count_params(model) + 2**20  # the checkpoint and the resume state (see stages/train.py)
+    with (
+        stage_outputs(
+            layout.work("finetune", label), f"finetune --ratio {label}", files, needs, is_main_process()
+        ) as outputs,
+        tracking.stage_run(config, "finetune", f"finetune {percent}", params=params, **tags) as run,
+    ):
         run.source(source, prov)
         source_hash = file_sha256(source)
         tuned = finetune(
@@ -60,6 +68,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
                 args.resume,
                 lambda record, _m: run.epoch(record),
                 f"finetune {percent}",
+                "finetune.lr",
             ),
         )
         if not is_main_process():
@@ -76,9 +85,8 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             "flops": summary["flops"],
             "meets_constraints": config.constraints.met_by(best["test_acc"], summary["params"]),
         }
-        out = layout.finetuned(label)
         run.save_model(
-            out,
+            outputs.path(out),
             model,
             prov
             | {
@@ -88,8 +96,9 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
                 "best_epoch": result.best_epoch,
             },
         )
-        write_csv(layout.finetune_reports(label) / "history.csv", result.history)
-        write_json(layout.finetune_reports(label) / "metrics.json", metrics)
+        write_csv(outputs.path(reports / "history.csv"), result.history)
+        write_metrics(outputs.path(reports / "metrics.json"), metrics)
+        outputs.commit()
         # val_acc and test_acc are per-epoch curves too; the best epoch's values need names of their own
         run.metrics(
             {(f"best_{k}" if k in ("val_acc", "test_acc") else k): float(v) for k, v in metrics.items()},

@@ -11,10 +11,10 @@ from netslim import tracking
 from netslim.config import BUDGET, Config, lambda_label, parse_lambda, parse_ratio, ratio_label
 from netslim.data import load_prepared
 from netslim.engine import resolve_device
-from netslim.io import file_sha256, write_csv, write_json
+from netslim.io import file_sha256, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.measure import channels_per_layer
-from netslim.models import load_model
+from netslim.models import count_params, load_model
 from netslim.steps.prune import prune_step
 
 
@@ -30,11 +30,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     device = resolve_device(config.experiment.device)
     source = layout.sparse_best(lam)
-    sparse = load_model(source)
+    sparse = load_model(source, config.model.arch)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     params = {"ratio": label, "lambda": lam}
-    with tracking.stage_run(config, "prune", f"prune {_percent(label)}", params=params, **tags) as run:
+    out, reports = layout.pruned(label), layout.prune_reports(label)
+    files = [out, reports / "channels.csv", reports / "metrics.json"]
+    needs = 4 * count_params(sparse) + 2**20  # the pruned checkpoint is at most the sparse model's size
+    with (
+        stage_outputs(layout.work("prune", label), f"prune --ratio {label}", files, needs) as outputs,
+        tracking.stage_run(config, "prune", f"prune {_percent(label)}", params=params, **tags) as run,
+    ):
         run.source(source)
         outcome = prune_step(sparse, data, config, device, target)
         result, chosen, acc = outcome.result, outcome.variant, outcome.test_acc
@@ -49,16 +55,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "source": str(source),
             "source_sha256": file_sha256(source),
         }
-        out = layout.pruned(label)
-        run.save_model(out, result.model, provenance)
+        run.save_model(outputs.path(out), result.model, provenance)
         channels = channels_per_layer(result.model)
         before = channels_per_layer(sparse)
         write_csv(
-            layout.prune_reports(label) / "channels.csv",
+            outputs.path(reports / "channels.csv"),
             [{"layer": n, "channels_before": before[n], "channels_kept": k} for n, k in channels.items()],
         )
         metrics = outcome.metrics()
-        write_json(layout.prune_reports(label) / "metrics.json", metrics)
+        write_metrics(outputs.path(reports / "metrics.json"), metrics)
+        outputs.commit()
         run.metrics(metrics, headline=("test_acc_before_finetune", "num_params", "macs", "ratio_used", "threshold"))
         run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
         run.model(result.model, data.test.images[:2], data.mean, data.std)

@@ -11,11 +11,11 @@ import torch
 
 from netslim import distributed, tracking
 from netslim.config import Config, lambda_label, parse_lambda
-from netslim.data import load_prepared
+from netslim.data import PreparedData, load_prepared
 from netslim.engine import is_main_process, resolve_device, set_deterministic
-from netslim.io import file_sha256, write_csv, write_json
+from netslim.io import file_sha256, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
-from netslim.models import count_params, prunable_batchnorms
+from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.train import initial_model, sparsity_train
 
@@ -53,7 +53,13 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}
     # every histogram on one |γ| axis: twice the initial γ (PyTorch's 1.0 without model.bn_init) holds nearly all
     gamma_max = 2 * (config.model.bn_init or 1.0)
-    with tracking.stage_run(config, "train", f"train λ={label}", params={"lambda": label}, **tags) as run:
+    out, reports = layout.sparse_dir(label), layout.train_reports(label)
+    files = [out / "last.pt", out / "best.pt", *(reports / f for f in ("history.csv", "gammas.csv", "metrics.json"))]
+    work, needs = layout.work("train", label), _bytes_needed(config, data)
+    with (
+        stage_outputs(work, f"train --lambda {label}", files, needs, is_main_process()) as outputs,
+        tracking.stage_run(config, "train", f"train λ={label}", params={"lambda": label}, **tags) as run,
+    ):
         if run.enabled:
             run.gamma_histogram(initial_model(config, data.num_classes), 0, label, gamma_max)
 
@@ -68,20 +74,18 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             settings,
             device,
             file_sha256(layout.prepared / "meta.json"),
-            RunOptions(layout.state("train", label), args.resume, on_epoch, f"train λ={label}"),
+            RunOptions(layout.state("train", label), args.resume, on_epoch, f"train λ={label}", "train.lr"),
         )
         if not is_main_process():
             return 0
         result = sparse.fit
         provenance = {"stage": "train", "lambda": lam, "dataset": config.data.dataset, "epochs": settings.epochs}
-        out = layout.sparse_dir(label)
-        run.save_model(out / "last.pt", sparse.model, provenance | {"epoch": settings.epochs})
+        run.save_model(outputs.path(out / "last.pt"), sparse.model, provenance | {"epoch": settings.epochs})
         model = sparse.best_model()
-        run.save_model(out / "best.pt", model, provenance | {"epoch": result.best_epoch})
+        run.save_model(outputs.path(out / "best.pt"), model, provenance | {"epoch": result.best_epoch})
         run.model(model, data.test.images[:2], data.mean, data.std)
-        reports = layout.train_reports(label)
-        write_csv(reports / "history.csv", result.history)
-        write_csv(reports / "gammas.csv", gamma_rows(model))
+        write_csv(outputs.path(reports / "history.csv"), result.history)
+        write_csv(outputs.path(reports / "gammas.csv"), gamma_rows(model))
         last = result.history[-1]
         metrics = {
             "lambda": lam,
@@ -95,7 +99,8 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             "steps": settings.epochs * max(1, len(data.train) // settings.batch_size),
             "num_params": count_params(model),
         }
-        write_json(reports / "metrics.json", metrics)
+        write_metrics(outputs.path(reports / "metrics.json"), metrics)
+        outputs.commit()
         # test_acc and sparsity are per-epoch curves too; the best epoch's values need names of their own
         curves = ("test_acc", "sparsity")
         run.metrics(
@@ -109,3 +114,11 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         f"test {metrics['test_acc']:.4f}, sparsity {metrics['sparsity']:.3f} -> {out}"
     )
     return 0
+
+
+def _bytes_needed(config: Config, data: PreparedData) -> int:
+    """Disk the run will write, roughly: two checkpoints and the resume state (the model, its best copy and Adam's
+    two moments), 4 bytes a parameter, plus a megabyte for the reports."""
+    with torch.device("meta"):  # counts without allocating
+        params = count_params(build_model(config.model.arch, data.num_classes, width=config.model.width))
+    return 6 * 4 * params + 2**20

@@ -33,12 +33,14 @@ class RunOptions:
         on_epoch: called after every epoch with the history record and the model (tracking, a trial's pruner);
             an exception it raises (e.g. optuna.TrialPruned) stops the training.
         desc: the label of progress bars and log lines.
+        lr_key: the params key of the lr, which a TrainingDiverged tells the user to lower.
     """
 
     state_path: Path | None = None
     resume: bool = False
     on_epoch: EpochCallback | None = None
     desc: str = "train"
+    lr_key: str = "the lr"
 
     def fit_kwargs(self) -> dict[str, Any]:
         """These options as `engine.fit`'s keyword arguments (the field names are fit's)."""
