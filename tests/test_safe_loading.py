@@ -74,8 +74,8 @@ def test_hostile_resume_state_is_ignored_without_running_it(tmp_path, capsys):
 
 def test_hostile_prepared_split_is_refused_naming_the_file(tmp_path):
     marker = tmp_path / "pwned"
-    write_json(tmp_path / "meta.json", {"num_classes": 10, "classes": list("abcdefghij"), "mean": [0] * 3, "std": [1] * 3,
-                                        "sizes": {}, "dataset": "x"})  # fmt: skip
+    write_json(tmp_path / "meta.json", {"num_classes": 10, "classes": list("abcdefghij"), "mean": [0] * 3,
+                                        "std": [1] * 3, "sizes": {}, "dataset": "x"})  # fmt: skip
     hostile_torch_file(tmp_path / "train.pt", marker)
     with pytest.raises(DataError, match="train.pt: unreadable"):
         load_prepared(tmp_path)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from netslim.io import is_sane_number
+
 MARKER = "<!-- netslim-metrics -->"
 # Rows come in this order: accuracies, then model size and cost, then everything else by name.
 _FIRST = ("acc", "params", "macs", "flops")
@@ -40,7 +42,7 @@ class Change:
 
     @property
     def delta(self) -> float | None:
-        if _is_number(self.old) and _is_number(self.new):
+        if is_sane_number(self.old) and is_sane_number(self.new):
             return self.new - self.old
         return None
 
@@ -116,10 +118,6 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def metric_tables(files: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, list[Change]]:
     """One table per metrics file and model, of the values that changed: {title: changes}.
 
@@ -167,6 +165,8 @@ def format_value(value: Any) -> str:
         return _ABSENT
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, int | float) and not is_sane_number(value):  # NaN, inf, a 309-digit number: a broken file
+        return f"**not a finite metric ({value:.4g})**"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):

@@ -129,7 +129,13 @@ def save_torch(path: str | Path, obj: Any) -> None:
     # Through a Python file: a full disk then raises OSError(ENOSPC), where torch's own writer raises an opaque
     # RuntimeError ("basic_ios::clear: iostream error", "unexpected pos").
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # the zip writer's own error at exit hides the OSError that stopped the write
+            cause = e.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
 
 
 def file_sha256(path: str | Path) -> str:
@@ -196,7 +202,7 @@ def check_metrics(metrics: Mapping[str, Any], source: str | Path) -> None:
     within ±METRIC_LIMIT; NaN only under the NOT_MEASURED keys. Called on metrics before they are written and by
     every reader of them (the report, the PR diff), so a NaN or a string never reaches a table as a number."""
     for key, value in _leaves(metrics, ""):
-        if value is None or isinstance(value, bool):
+        if value is None or isinstance(value, bool) or is_sane_number(value):
             continue
         if not isinstance(value, int | float):
             problem = f"{value!r:.40} is not a number"
@@ -204,11 +210,17 @@ def check_metrics(metrics: Mapping[str, Any], source: str | Path) -> None:
             if key.rpartition(".")[2] in NOT_MEASURED:
                 continue
             problem = "is NaN"
-        elif not math.isfinite(value) or abs(value) > METRIC_LIMIT:
-            problem = f"{value:.4g} is not a finite number of sane size (|value| <= {METRIC_LIMIT:g})"
         else:
-            continue
+            shown = f"{value:.4g}" if isinstance(value, float) else f"a {len(str(abs(value)))}-digit number"
+            problem = f"{shown} is not a finite number of sane size (|value| <= {METRIC_LIMIT:g})"
         raise MetricsError(f"{source}: {key} {problem}; rerun the stage that writes it (`dvc repro`)")
+
+
+def is_sane_number(value: Any) -> bool:
+    """A finite int or float (not a bool) within ±METRIC_LIMIT: what a metric value may be."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) <= METRIC_LIMIT if isinstance(value, int) else math.isfinite(value) and abs(value) <= METRIC_LIMIT
 
 
 def _leaves(tree: Any, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -285,7 +297,7 @@ class StageOutputs:
                 raise RuntimeError(f"{target}: the stage declared this output but did not write it")  # a bug
             target.parent.mkdir(parents=True, exist_ok=True)
             moves.append((self._beside_if_other_device(staged, target), target))
-        write_json(self.staging / COMMIT_JOURNAL, [[str(a), str(b)] for a, b in moves])
+        write_json(self.staging / COMMIT_JOURNAL, [[os.path.abspath(a), os.path.abspath(b)] for a, b in moves])
         _finish_commit(self.staging)
 
     @staticmethod

@@ -21,7 +21,7 @@ import pandas as pd
 
 from netslim import report, tracking
 from netslim.config import Config, ConfigError, lambda_label, ratio_label
-from netslim.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
+from netslim.io import atomic_write_bytes, atomic_write_text, check_metrics, write_csv, write_json
 from netslim.layout import Layout
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "test_acc", "sparsity")
@@ -41,10 +41,14 @@ class _Reader:
         if not path.is_file():
             self.missing.append((path, stage))
             return pd.DataFrame()
-        frame = pd.read_csv(path)
+        try:
+            frame = pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError):  # pandas' EmptyDataError and ParserError are ValueErrors
+            raise ConfigError(f"{path}: empty or not a CSV table; rerun the {stage} stage (`dvc repro`)") from None
         absent = [c for c in columns if c not in frame.columns]
         if absent:
             raise ConfigError(f"{path}: no column {', '.join(absent)}; rerun the {stage} stage (`dvc repro`)")
+        check_metrics({c: frame[c].tolist() for c in columns if c != "layer"}, path)
         return frame
 
     def json(self, path: Path, stage: str) -> dict[str, Any]:
@@ -53,10 +57,11 @@ class _Reader:
             return {}
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError(f"{path}: not valid JSON; rerun the {stage} stage (`dvc repro`)") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: holds no metrics mapping; rerun the {stage} stage (`dvc repro`)")
+        check_metrics(data, path)
         return data
 
     def optional_json(self, path: Path, stage: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from netslim.engine import evaluate
 from netslim.measure import compare_models
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
 from netslim.slimming.surgery import PruneResult, prune
+from netslim.slimming.threshold import PruneError
 
 VARIANTS = ("plain", "compensated", "recalibrated", "compensated_recalibrated")
 SPEED_BATCH_SIZES = (1, 64)
@@ -147,9 +149,12 @@ def prune_step(
 
     Throughput is timed by measure.py's one timer, under the `runtime` switches (see `measure.compare_models`).
     """
-    variants = pruned_variants(sparse, data, config, device, prune_by(sparse, config, target, data.image_shape))
+    by = prune_by(sparse, config, target, data.image_shape)
+    variants = pruned_variants(sparse, data, config, device, by)
     chosen = configured_variant(config.prune)
     result = variants[chosen]
+    if by.get("ratio"):
+        check_removed(float(by["ratio"]), result.channels_removed, config.prune)
     sparse = sparse.to(device)
     ev = dict(device=device, batch_size=config.runtime.eval_batch_size, amp=config.runtime.amp)
     test_acc = {name: evaluate(v.model, data.test, data.mean, data.std, **ev)[1] for name, v in variants.items()}
@@ -166,6 +171,22 @@ def prune_step(
         channels_last=config.runtime.channels_last,
     )
     return PruneOutcome(result, chosen, test_acc, unpruned_acc, val_acc, speed)
+
+
+def check_removed(asked: float, removed: float, p: PruneConfig) -> None:
+    """PruneError when pruning `asked` of the channels removed none (prune.min_channels or prune.round_to keep every
+    channel); a note on stderr when it removed less than half of what was asked."""
+    keys = f"prune.min_channels {p.min_channels} and prune.round_to {p.round_to}"
+    if removed == 0:
+        raise PruneError(
+            f"prune: a ratio of {asked:g} removes no channel: {keys} keep every channel of every layer; lower them"
+        )
+    if removed < asked / 2:
+        print(
+            f"note: prune: a ratio of {asked:g} removes only {removed:.1%} of the prunable channels: {keys} keep the "
+            "rest; lower them to prune more",
+            file=sys.stderr,
+        )
 
 
 def speed_metrics(speed: dict[str, Any]) -> dict[str, float]:
