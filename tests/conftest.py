@@ -77,6 +77,20 @@ def run_process(
     return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A tmpfs mounted at `folder` while the block runs (a tiny disk: "size=64k", or a read-only one: "size=64k,ro").
+    Mounting needs root (CAP_SYS_ADMIN): where it is not permitted, the test is skipped, saying so."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN): {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
 def committed_params(folder: Path) -> Path:
     """The committed params.yaml (the embedded demo run), copied into `folder`; see `committed_text`."""
     path = folder / "params.yaml"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,14 @@ def cfg_of(width: float) -> Callable[[dict], None]:
     return change
 
 
+def edit_json(relative: str, **changes) -> Callable[[Path], None]:
+    def mutate(project: Path) -> None:
+        path = project / relative
+        path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+    return mutate
+
+
 def delete(relative: Path) -> Callable[[Path], None]:
     return lambda project: (project / relative).unlink()
 
@@ -154,7 +163,8 @@ CASES = [
     Case("ratio-one", TRAIN, set_param("prune", "ratios", [0.5, 1.0]), ("prune.ratios[1]: 1.0", "outside [0, 1)")),
     Case("ratio-one-flag", ("prune", "--ratio", "1.0"), None, ("--ratio: '1.0' is outside [0, 1)",)),
     Case("epochs-zero", TRAIN, set_param("finetune", "epochs", 0), ("finetune.epochs: 0 must be >= 1",)),
-    Case("lr-zero", TRAIN, set_param("train", "lr", 0), ("train.lr: 0.0 must be > 0",)),
+    Case("lr-zero", TRAIN, set_param("train", "lr", 0), ("train.lr: 0.0 must be in (0, 10]",)),
+    Case("lr-1e300", (*TRAIN, "--set", "train.lr=1e300"), None, ("train.lr: 1e+300 must be in (0, 10]",)),
     Case("unknown-arch", TRAIN, set_param("model", "arch", "resnet18"), ("model.arch: 'resnet18'", "resnet50, vgg19")),
     Case("unknown-dataset", TRAIN, set_param("data", "dataset", "mnist"), ("data.dataset: 'mnist'", "fashion-mnist")),
     Case("min-channels-zero", PRUNE, set_param("prune", "min_channels", 0), ("prune.min_channels: 0 must be >= 1",)),
@@ -171,6 +181,27 @@ CASES = [
         ("constraints.min_accuracy: 1.5 must be in (0, 1]",),
     ),
     Case("malformed-yaml", TRAIN, write_text("params.yaml", "train: [epochs: 1\n"), ("params.yaml: not valid YAML",)),
+    Case(
+        "duplicate-key",
+        TRAIN,
+        write_text("params.yaml", "train:\n  lr: 1e-3\n  lr: 1e-2\n"),
+        ("params.yaml: duplicate key 'lr' (line 3)", "keep one"),
+    ),
+    Case(
+        "python-tag",
+        TRAIN,
+        write_text("params.yaml", "train:\n  lr: !!python/object/apply:os.system [id]\n"),
+        ("params.yaml: tags are not allowed", "python/object/apply:os.system"),
+    ),
+    Case(
+        "list-params-with-set",
+        (*TRAIN, "--set", "train.epochs=1"),
+        write_text("params.yaml", "- train\n"),
+        ("params.yaml: the file must hold a mapping of sections, not a list",),
+    ),
+    Case("params-is-a-folder", (*TRAIN, "--params", "data"), None, ("data: is a folder, not a params file",)),
+    Case("seed-2-64", TRAIN, set_param("experiment", "seed", 2**64), ("experiment.seed: 18446744073709551616",)),
+    Case("lr-inf", (*TRAIN, "--set", "train.lr=.inf"), None, ("train.lr: inf must be a finite number",)),
     Case("bad-override", (*TRAIN, "--set", "train.batch_size=abc"), None, ("train.batch_size: 'abc' must be",)),
     # a CPU-only test machine (or one with fewer than 8 GPUs) has no cuda:7
     Case(
@@ -232,6 +263,30 @@ CASES = [
     ),
     Case("not-a-checkpoint", PRUNE, write_text(str(SPARSE), "hello\n"), (f"{SPARSE}: not a readable checkpoint",)),
     Case("missing-checkpoint", PRUNE, delete(SPARSE), (f"{SPARSE}: checkpoint not found",)),
+    Case(
+        "checkpoint-is-a-folder",
+        PRUNE,
+        lambda project: (delete(SPARSE)(project), (project / SPARSE).mkdir()),
+        (f"{SPARSE}: is a folder where a checkpoint file is expected",),
+    ),
+    Case(
+        "huge-checkpoint-width",
+        PRUNE,
+        edit_checkpoint(SPARSE, lambda checkpoint: checkpoint.update(width=1e6)),
+        (f"{SPARSE}: width 1000000.0 is outside (0, 4]",),
+    ),
+    Case(
+        "checkpoint-of-another-arch",
+        PRUNE,
+        set_param("model", "arch", "vgg19"),
+        (f"{SPARSE}: holds a resnet50 but model.arch is vgg19", "set model.arch: resnet50"),
+    ),
+    Case(
+        "huge-num-classes-in-meta",
+        TRAIN,
+        edit_json("data/prepared/meta.json", num_classes=10**8),
+        ("data/prepared/meta.json", "num_classes 100000000 must be 2..1000"),
+    ),
     Case(
         "truncated-pruned-model",
         ("finetune", "--ratio", "0.5"),

@@ -10,6 +10,7 @@ and after each kill every checkpoint in the project must load: a torn file fails
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_params, write_fashion_mnist, write_params
+from conftest import run_process, tiny_params, tmpfs, write_fashion_mnist, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -96,14 +97,14 @@ class Training:
         assert returncode == 0, "\n".join(self.lines)
 
 
-def make_project(root: Path) -> Path:
+def make_project(root: Path, epochs: int = EPOCHS) -> Path:
     """A tiny prepared project: 240 training and 60 test images, a tiny VGG-19, deterministic CPU run."""
     from netslim.config import load_config
     from netslim.data import prepare
 
     fmnist = write_fashion_mnist(root / "fmnist", n_train=240, n_test=60)
     # vgg19: its 16 convs train a tiny epoch several times faster on a CPU than ResNet-50's 53.
-    params = tiny_params(root, fmnist, model={"arch": "vgg19"}, data={"val_size": 32}, train={"epochs": EPOCHS})
+    params = tiny_params(root, fmnist, model={"arch": "vgg19"}, data={"val_size": 32}, train={"epochs": epochs})
     write_params(root / "params.yaml", params)
     config = load_config(root / "params.yaml")
     prepare(config.data, config.experiment.seed, root / config.paths.raw, root / config.paths.prepared)
@@ -213,3 +214,113 @@ def test_only_an_intact_state_of_the_same_run_is_resumed(spoil, tiny_data, tmp_p
     else:
         assert result.resumed_from_epoch == 0
         assert ("belongs to a run with other settings" if spoil == "other-settings" else "ignoring unreadable") in err
+
+
+# ---- issue 26: a stage interrupted, run twice, or pointed at a full or read-only disk ---------------------------
+
+OLD_METRICS = {"test_acc": 0.5}  # an earlier run's outputs, which every failure below must leave as they are
+
+
+LONG = 40  # epochs of a run that must still be training when the test acts (about 0.3 s each)
+
+
+def project_with_old_outputs(root: Path) -> Path:
+    from netslim.io import write_json
+
+    project = make_project(root, LONG)
+    write_json(project / REPORTS / "metrics.json", OLD_METRICS)
+    return project
+
+
+def old_outputs_intact(project: Path) -> None:
+    assert json.loads((project / REPORTS / "metrics.json").read_text()) == OLD_METRICS
+    assert not (project / MODELS).exists()  # no new checkpoint beside the old metrics
+    leftovers = [p for p in project.rglob("*") if p.name.endswith((".tmp", ".staged")) or p.name.endswith(".staging")]
+    assert not leftovers, leftovers
+
+
+def error_lines(training: Training) -> list[str]:
+    return [line for line in training.lines if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_stage_says_how_to_continue_leaves_the_old_outputs_and_resumes(tmp_path, signum):
+    project = project_with_old_outputs(tmp_path)
+    first = Training(project)
+    first.wait_until(lambda: first.state_epoch >= 1, "the first resume state")
+    first.process.send_signal(signum)
+    assert first.process.wait(60) == 128 + signum
+    first._reader.join(5)
+    name = signal.Signals(signum).name
+    assert error_lines(first) == [
+        f"error: interrupted by {name}: `netslim train --lambda 1e-4 --resume` stopped; its outputs are as they "
+        "were before it started; rerun `netslim train --lambda 1e-4 --resume` (or `dvc repro`) to continue after the "
+        "last finished epoch"
+    ], first.lines
+    assert not any("Traceback" in line for line in first.lines), first.lines
+    old_outputs_intact(project)
+    again = Training(project)  # the lock was released and the epochs done are kept
+    again.finish()
+    assert resumed_from(again) >= 1, again.lines
+    assert json.loads((project / REPORTS / "metrics.json").read_text()) != OLD_METRICS
+
+
+def test_a_second_run_of_a_running_stage_refuses_in_one_line(tmp_path):
+    project = make_project(tmp_path, LONG)
+    first = Training(project)
+    lock = project / ".netslim/state/train-1e-4.lock"
+    first.wait_until(lambda: lock.is_file() and lock.read_text().strip() == str(first.process.pid), "the lock")
+    second = run_process(COMMAND, cwd=project, timeout=120)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.splitlines() == [
+        f"error: {Path('.netslim/state/train-1e-4.lock')}: another `netslim train --lambda 1e-4` (pid "
+        f"{first.process.pid}) is writing the same outputs; wait for it to finish or stop it, then rerun"
+    ]
+    first.finish()
+
+
+@pytest.mark.parametrize(
+    ("mounted", "options", "message"),
+    [
+        ("models", "size=64k", "error: no space left on device: models (needs about"),
+        ("reports", "size=64k,ro", "error: reports: read-only file system; point paths.* at a writable folder"),
+    ],
+    ids=["full-disk", "read-only"],
+)
+def test_a_full_or_read_only_output_disk_is_refused_before_training(tmp_path, mounted, options, message):
+    project = make_project(tmp_path)
+    with tmpfs(project / mounted, options):
+        done = run_process(COMMAND, cwd=project, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(message), done.stderr
+    assert "epoch" not in done.stderr and not (project / STATE).exists()  # refused before the first epoch
+
+
+def test_the_children_of_an_interrupted_stage_are_terminated_and_reaped():
+    script = (
+        "import signal, subprocess\n"
+        "from netslim import cli\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        "cli._signal_children(signal.SIGTERM)\n"
+        "cli._reap_children()\n"
+        "print(cli._children(), open(f'/proc/{child.pid}/stat').read() if child.poll() is None else 'gone')\n"
+    )
+    done = run_process([sys.executable, "-c", script], timeout=60)
+    assert done.stdout.split() == ["[]", "gone"], done.stdout + done.stderr  # stopped, and reaped: no zombie
+
+
+def test_a_diverging_stage_is_one_line_naming_the_lr_and_writes_nothing(tmp_path):
+    from netslim.io import save_torch, write_json
+    from netslim.models import build_model, make_checkpoint
+
+    project = make_project(tmp_path)
+    checkpoint = make_checkpoint(build_model("vgg19", 10, width=0.0625))
+    bias = checkpoint["state_dict"]["classifier.bias"]
+    bias.copy_(torch.tensor([3e38, -3e38]).repeat(5))  # finite, but logits 6e38 apart overflow: the loss is inf
+    save_torch(project / "models/pruned/0.5.pt", checkpoint)
+    write_json(project / "reports/finetune/0.5/metrics.json", OLD_METRICS)
+    done = run_process([sys.executable, "-m", "netslim.cli", "finetune", "--ratio", "0.5"], cwd=project, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == ["error: finetune 50%: diverged at epoch 1, loss inf; lower finetune.lr"]
+    assert json.loads((project / "reports/finetune/0.5/metrics.json").read_text()) == OLD_METRICS
+    assert not (project / "models/finetuned").exists()

@@ -7,19 +7,17 @@ Process-level cases (a real `netslim` killed, interrupted or run twice) are in t
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_process
+from conftest import run_process, tmpfs
 from netslim.ci_report import format_value
 from netslim.cli import main
 from netslim.config import ConfigError, PruneConfig, load_config
@@ -127,19 +125,6 @@ def test_a_folder_where_the_params_file_should_be_is_named_as_a_folder(tmp_path)
 
 
 # ---- disks ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def tmpfs(folder: Path, options: str):
-    """A tmpfs mounted at `folder` (root only: the test is skipped, saying so, where mount is not permitted)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN): {done.stderr.strip() or done.returncode}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def test_a_full_disk_is_no_space_left_on_device_naming_the_file(tmp_path):

@@ -23,6 +23,9 @@ from netslim.registry import ARCHITECTURES
 DATASETS = ("cifar10", "fashion-mnist")
 MAX_WIDTH = 4.0  # the largest model.width (and checkpoint width): 16× the parameters of the paper's models
 MAX_CLASSES = 1000  # the datasets here have 10; more in a checkpoint or meta.json means a broken or crafted file
+# Adam's step is lr-sized: far past 1 every run diverges, and past ~1e38 the step overflows float32 (a RuntimeError
+# inside the optimizer, not a divergence)
+MAX_LR = 10.0
 MAX_SEED = 2**32 - 1  # engine.epoch_generator seeds with seed × 1,000,003 + epoch, which must stay below 2^63
 SCHEDULES = ("step", "cosine")  # lr schedules of train and finetune (netslim.engine.make_optimizer)
 
@@ -371,7 +374,7 @@ def _require(ok: bool, message: str) -> None:
 def _validate_optim(section: str, o: OptimConfig) -> None:
     _require(o.epochs >= 1, f"{section}.epochs: {o.epochs} must be >= 1")
     _require(o.batch_size >= 1, f"{section}.batch_size: {o.batch_size} must be >= 1")
-    _require(o.lr > 0, f"{section}.lr: {o.lr} must be > 0 (e.g. 1e-3)")
+    _require(0 < o.lr <= MAX_LR, f"{section}.lr: {o.lr} must be in (0, {MAX_LR:g}] (Adam's lr; 1e-3 is typical)")
     _require(o.weight_decay >= 0, f"{section}.weight_decay: {o.weight_decay} must be >= 0")
     _require(0 < o.lr_gamma <= 1, f"{section}.lr_gamma: {o.lr_gamma} must be in (0, 1]")
     _require(
@@ -502,7 +505,7 @@ def validate(c: Config) -> None:
     s = c.search
     _require(s.n_trials >= 1, f"search.n_trials: {s.n_trials} must be >= 1")
     _require(0 < s.lambda_min < s.lambda_max, "search.lambda_min/lambda_max: need 0 < lambda_min < lambda_max")
-    _require(0 < s.lr_min < s.lr_max, "search.lr_min/lr_max: need 0 < lr_min < lr_max")
+    _require(0 < s.lr_min < s.lr_max <= MAX_LR, f"search.lr_min/lr_max: need 0 < lr_min < lr_max <= {MAX_LR:g}")
     _require(s.lambda_steps_per_decade >= 1, "search.lambda_steps_per_decade: must be >= 1")
     _require(0 <= s.ratio < 1, f"search.ratio: {s.ratio} is outside [0, 1)")
     _require(s.train_epochs >= 1 and s.finetune_epochs >= 1, "search.train_epochs/finetune_epochs: must be >= 1")

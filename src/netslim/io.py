@@ -46,9 +46,11 @@ class MetricsError(ValueError):
 def describe_os_error(error: OSError) -> str:
     """One line for a failed read or write: the path, what went wrong and the fix."""
     path = error.filename if error.filename is not None else "<unknown file>"
+    # netslim's own checks say more than the system's text (how much space is needed and free)
+    detail = f" ({error.strerror})" if error.strerror and error.strerror != os.strerror(error.errno or 0) else ""
     fixes = {
-        errno.ENOSPC: f"no space left on device: {path}; free some space on that disk (or point paths.* elsewhere) "
-        "and rerun",
+        errno.ENOSPC: f"no space left on device: {path}{detail}; free some space on that disk (or point paths.* "
+        "elsewhere) and rerun",
         errno.EDQUOT: f"no space left on device: {path} (disk quota exceeded); free some space and rerun",
         errno.EROFS: f"{path}: read-only file system; point paths.* at a writable folder",
         errno.EACCES: f"{path}: permission denied; make it writable (chmod u+w) or point paths.* elsewhere",
