@@ -51,6 +51,7 @@ USER_ERRORS = {
     "netslim.export": ("ExportError",),
 }
 DEBUG_ENV = "NETSLIM_DEBUG"
+RESUMABLE = ("train", "finetune")  # the stages whose --resume continues after the last finished epoch
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -122,12 +123,12 @@ def _handle_interrupts() -> dict[int, object]:
     return {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
-def interrupted_line(argv: list[str], signum: int, resumable: bool) -> str:
+def interrupted_line(argv: list[str], signum: int) -> str:
     """What was interrupted and how to continue."""
     command = " ".join(["netslim", *argv])
-    if resumable:
-        again = f"rerun `{command}`" + ("" if "--resume" in argv else " --resume")
-        how = f"{again} (or `dvc repro`) to continue after the last finished epoch"
+    if argv[0] in RESUMABLE:
+        again = command if "--resume" in argv else f"{command} --resume"
+        how = f"rerun `{again}` (or `dvc repro`) to continue after the last finished epoch"
     else:
         how = f"rerun `{command}` (or `dvc repro`) to run it again"
     return (
@@ -187,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = "--debug" in argv[1:] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     previous = _handle_interrupts()
-    resumable = False
     try:
         config = None
         if not {"-h", "--help"} & set(argv[1:]):
@@ -197,13 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(STAGES[argv[0]][0])  # only the chosen stage's imports are paid for
         args = stage_parser(argv[0], module).parse_args(argv[1:])
         args.stage = argv[0]
-        resumable = hasattr(args, "resume")
         return int(module.run(args, config) or 0)
     except StageInterrupted as e:
         _reap_children()
         if debug:
             raise
-        print(f"error: {interrupted_line(argv, e.signum, resumable)}", file=sys.stderr)
+        print(f"error: {interrupted_line(argv, e.signum)}", file=sys.stderr)
         return 128 + e.signum
     except (*user_errors(), OSError) as e:
         if debug:

@@ -57,6 +57,8 @@ def describe_os_error(error: OSError) -> str:
         errno.EPERM: f"{path}: operation not permitted; make it writable or point paths.* elsewhere",
         errno.EISDIR: f"{path}: is a folder where a file is expected; remove or rename that folder",
         errno.ENOTDIR: f"{path}: a part of this path is a file where a folder is expected; remove or rename it",
+        errno.EEXIST: f"{path}: a file is in the way where a folder is expected; remove or rename it",
+        errno.ENOENT: f"{path}: no such file or folder, and it cannot be created there; check paths.*",
         errno.ENAMETOOLONG: f"{path}: the name is too long for the file system; use a shorter path",
     }
     return fixes.get(error.errno, f"{path}: {error.strerror or error}")
@@ -388,6 +390,9 @@ def stage_outputs(
         if (staging / COMMIT_JOURNAL).is_file():
             print(f"note: finishing the outputs commit of an interrupted `netslim {what}`", file=sys.stderr)
             _finish_commit(staging)
+        for target in targets:
+            if target.is_dir():
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
         folders = [_writable_folder(folder) for folder in dict.fromkeys(t.parent for t in targets)]
         for folder in folders:
             for leftover in folder.glob(".*.staged"):  # copies of an interrupted commit across file systems
