@@ -418,3 +418,15 @@ def test_the_pull_request_diff_tables_export_speed_per_model() -> None:
         Change("speedup_b64", 0.9, 1.4),
     ]
     assert tables["`reports/export/metrics.json` · finetuned_0.9"] == [Change("speedup_b1", None, 2.3)]
+
+
+def test_export_stage_refuses_a_finetuned_model_of_another_lambda_than_its_reference(project, capsys) -> None:
+    path = project / "models/finetuned/0.5.pt"
+    checkpoint = load_checkpoint(path)
+    checkpoint["provenance"]["lambda"] = 1e-2
+    save_torch(path, checkpoint)
+    assert main(["export"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {Path('models/finetuned/0.5.pt')}: was pruned from the λ=1e-2 model but the unpruned reference is "
+        "the λ=1e-4 model (prune.lambda); rerun prune and finetune for it (`dvc repro`)\n"
+    )

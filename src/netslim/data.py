@@ -351,12 +351,22 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 def prepare(data: DataConfig, seed: int, raw_root: str | Path, out_dir: str | Path, progress: bool = False) -> dict:
     """Raw dataset -> out_dir/{train,val,test}.pt and meta.json; returns the meta dict.
 
-    Validation is a seeded random `data.val_size` of the training set. Everything is read and checked
-    before the first write, so a failure leaves out_dir as it was. `progress` is accepted for symmetry
-    with the other stages; preparing takes about a second, so there is no bar.
+    Everything is read and checked (`read_and_split`) before the first write, so a failure leaves out_dir as it
+    was. `progress` is accepted for symmetry with the other stages; preparing takes about a second, so there is no
+    bar.
     """
     del progress
-    raw_root, out_dir = Path(raw_root), Path(out_dir)
+    splits, meta = read_and_split(data, seed, raw_root)
+    write_prepared(out_dir, splits, meta)
+    return meta
+
+
+def read_and_split(data: DataConfig, seed: int, raw_root: str | Path) -> tuple[dict[str, Split], dict[str, Any]]:
+    """The raw dataset read, checked, split and scaled: ({train, val, test}, meta); nothing is written.
+
+    Validation is a seeded random `data.val_size` of the training set.
+    """
+    raw_root = Path(raw_root)
     if data.dataset == "cifar10":
         location, source = _locate_cifar10(data.cifar10_path, raw_root, data.download)
         train_full, test, classes = _read_cifar10(location)
@@ -389,13 +399,17 @@ def prepare(data: DataConfig, seed: int, raw_root: str | Path, out_dir: str | Pa
         "source": source,
         "image_size": data.image_size,
     }
-    # meta.json goes first out and last in: a crash between the writes leaves no meta.json, so
-    # load_prepared refuses the half-written folder instead of mixing old and new splits.
+    return splits, meta
+
+
+def write_prepared(out_dir: str | Path, splits: dict[str, Split], meta: dict[str, Any]) -> None:
+    """The splits and meta.json into out_dir. meta.json goes first out and last in: a crash between the writes
+    leaves no meta.json, so load_prepared refuses the half-written folder instead of mixing old and new splits."""
+    out_dir = Path(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)
     for name in SPLITS:
         save_torch(out_dir / f"{name}.pt", {"images": splits[name].images, "labels": splits[name].labels})
     write_json(out_dir / "meta.json", meta)
-    return meta
 
 
 def resize_images(images: torch.Tensor, size: int, border: int = 0) -> torch.Tensor:

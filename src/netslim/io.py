@@ -284,9 +284,12 @@ class StageOutputs:
         self.staging, self.targets = staging, targets
 
     def path(self, target: str | Path) -> Path:
-        """Where to write `target` now: a file of the same name in the staging folder."""
-        index = self.targets.index(Path(target))  # ValueError: a file the stage did not declare
-        return self.staging / str(index) / Path(target).name
+        """Where to write `target` now: a file of the same name in the staging folder, beside the staged files of
+        the same target folder (so a function that writes a whole folder can be handed its staged folder)."""
+        if Path(target) not in self.targets:
+            raise ValueError(f"{target}: not an output the stage declared")  # a bug
+        folders = list(dict.fromkeys(t.parent for t in self.targets))
+        return self.staging / str(folders.index(Path(target).parent)) / Path(target).name
 
     def commit(self) -> None:
         """Every declared file must have been written; then all of them replace their targets.
@@ -399,7 +402,7 @@ def stage_outputs(
                 leftover.unlink()
         shutil.rmtree(staging, ignore_errors=True)
         _writable_folder(staging)
-        for index in range(len(targets)):
+        for index in range(len(folders)):
             (staging / str(index)).mkdir(parents=True)
         # Each file system that receives the files: the staging folder's, and a target folder's on another one.
         by_device = {os.stat(folder).st_dev: folder for folder in (*folders, staging)}

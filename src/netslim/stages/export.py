@@ -18,13 +18,14 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
 from netslim import tracking
-from netslim.config import BUDGET, Config, lambda_label, ratio_label
+from netslim.config import BUDGET, Config, ConfigError, lambda_label, ratio_label
 from netslim.data import PreparedData, load_prepared, normalize
 from netslim.engine import evaluate
 from netslim.export import (
@@ -39,10 +40,10 @@ from netslim.export import (
     speed_rows,
     write_onnx,
 )
-from netslim.io import stage_outputs, write_metrics
+from netslim.io import load_checkpoint, stage_outputs, write_metrics
 from netslim.layout import Layout
 from netslim.measure import count_macs, model_summary
-from netslim.models import count_params, load_model
+from netslim.models import count_params, model_from_checkpoint
 from netslim.steps.prune import prune_configured
 
 UNPRUNED = "unpruned"
@@ -110,6 +111,17 @@ def compare_widths(
     return results
 
 
+def _check_lineage(path: Path, checkpoint: dict, lam: str) -> None:
+    """ConfigError unless a fine-tuned model descends from the sparse model of `lam`, the unpruned reference it is
+    timed against (a λ=0 reference against the λ=1e-2 model's descendants would pass for the speedup of pruning)."""
+    source = checkpoint.get("provenance", {}).get("lambda")
+    if source is not None and lambda_label(source) != lam:
+        raise ConfigError(
+            f"{path}: was pruned from the λ={lambda_label(source)} model but the unpruned reference is the λ={lam} "
+            "model (prune.lambda); rerun prune and finetune for it (`dvc repro`)"
+        )
+
+
 def _check_images(data: PreparedData, config: Config) -> torch.Tensor:
     return normalize(data.test.images[: config.export.check_images], data.mean, data.std).contiguous()
 
@@ -120,8 +132,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
     sources = {UNPRUNED: layout.sparse_best(lam)} | {
         f"finetuned_{ratio_label(r)}": layout.finetuned(r) for r in config.prune.ratios
     }
+    checkpoints = {name: load_checkpoint(path) for name, path in sources.items()}
+    for name, checkpoint in checkpoints.items():
+        _check_lineage(sources[name], checkpoint, lam)
     # a bad file, or one of another arch than model.arch, stops here
-    models = {name: load_model(path, config.model.arch).cpu().eval() for name, path in sources.items()}
+    models = {
+        name: model_from_checkpoint(checkpoint, sources[name], config.model.arch).cpu().eval()
+        for name, checkpoint in checkpoints.items()
+    }
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     size = (1, *data.image_shape)
     e = config.export
@@ -191,5 +209,5 @@ def run(args: argparse.Namespace, config: Config) -> int:
             speedup, eager = m[f"speedup_b{b}"], m[f"eager_speedup_b{b}"]
             line += f"; batch {b}: {speedup:.2f}× (MACs {m['macs_ratio']:.2f}×, eager PyTorch {eager:.2f}×)"
         print(line)
-    print(f"  ({threads} threads; speedups against the unpruned model, both exported)")
+    print(f"  ({threads} threads; speedups against the unpruned λ={lam} model, both exported)")
     return 0

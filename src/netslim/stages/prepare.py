@@ -6,7 +6,8 @@ import argparse
 
 from netslim import tracking
 from netslim.config import Config
-from netslim.data import prepare
+from netslim.data import SPLITS, read_and_split, write_prepared
+from netslim.io import stage_outputs
 from netslim.layout import Layout
 
 
@@ -16,8 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
-    with tracking.stage_run(config, "prepare", f"prepare {config.data.dataset}") as run:
-        meta = prepare(config.data, config.experiment.seed, config.paths.raw, layout.prepared)
+    # meta.json last: a commit interrupted among its moves (finished by the next run) never shows new meta, old splits
+    files = [*(layout.prepared / f"{split}.pt" for split in SPLITS), layout.prepared / "meta.json"]
+    splits, meta = read_and_split(config.data, config.experiment.seed, config.paths.raw)  # a bad file stops here
+    with (
+        stage_outputs(layout.work("prepare", config.data.dataset), "prepare", files) as outputs,
+        tracking.stage_run(config, "prepare", f"prepare {config.data.dataset}") as run,
+    ):
+        write_prepared(outputs.path(layout.prepared / "meta.json").parent, splits, meta)  # the whole staged folder
+        outputs.commit()
         sizes = {f"{split}_images": n for split, n in meta["sizes"].items()}
         run.metrics(sizes, headline=tuple(sizes))
     sizes = ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
