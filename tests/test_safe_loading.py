@@ -151,6 +151,12 @@ def nan_weights(tmp_path: Path, path: Path) -> None:
     save_torch(path, checkpoint)
 
 
+def provenance_not_a_mapping(tmp_path: Path, path: Path) -> None:
+    checkpoint = _checkpoint()
+    checkpoint["provenance"] = ["train"]
+    save_torch(path, checkpoint)
+
+
 def cfg_that_builds_nothing(tmp_path: Path, path: Path) -> None:
     checkpoint = _checkpoint()
     checkpoint["cfg"] = [[1, 2]]
@@ -195,6 +201,7 @@ def text(tmp_path: Path, path: Path) -> None:
         (a_huge_cfg_entry, "cfg entry 0 is 10000000, not a width in 1..4"),
         (nan_weights, "1 tensors hold NaN or inf (e.g. fc.weight); the run that wrote it diverged"),
         (cfg_that_builds_nothing, "its cfg has 2 entries, a resnet50 has 32"),
+        (provenance_not_a_mapping, "its provenance is a list, not a mapping"),
         (wrong_num_classes, "fc.weight has shape [10, 128] in the file"),
         (state_dict_not_tensors, "not a mapping of names to tensors"),
         (a_bare_tensor, "holds a Tensor"),

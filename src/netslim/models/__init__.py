@@ -91,6 +91,8 @@ def model_from_checkpoint(
     for key in ("arch", "num_classes", "cfg", "state_dict"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: not a netslim model checkpoint (no {key!r}); pass a file netslim wrote")
+    if not isinstance(checkpoint.setdefault("provenance", {}), dict):  # the stages read it as a mapping
+        raise CheckpointError(f"{path}: its provenance is a {type(checkpoint['provenance']).__name__}, not a mapping")
     found = checkpoint["arch"]
     if not isinstance(found, str) or found not in ARCHITECTURES:
         raise CheckpointError(f"{path}: arch {found!r} is unknown; this netslim builds {', '.join(ARCHITECTURES)}")

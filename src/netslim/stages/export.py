@@ -111,14 +111,20 @@ def compare_widths(
     return results
 
 
-def _check_lineage(path: Path, checkpoint: dict, lam: str) -> None:
-    """ConfigError unless a fine-tuned model descends from the sparse model of `lam`, the unpruned reference it is
-    timed against (a λ=0 reference against the λ=1e-2 model's descendants would pass for the speedup of pruning)."""
-    source = checkpoint.get("provenance", {}).get("lambda")
-    if source is not None and lambda_label(source) != lam:
+def _check_lineage(path: Path, source: object, lam: str) -> None:
+    """ConfigError unless a model whose provenance names λ `source` descends from the sparse model of `lam`, the
+    unpruned reference it is timed against (a λ=0 reference against the λ=1e-2 model's descendants would pass for
+    the speedup of pruning). A model without a λ in its provenance (written outside the pipeline) is not checked."""
+    if source is None:
+        return
+    try:
+        label = lambda_label(source)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: its provenance names λ {source!r:.20}, not a number; rerun the stage") from None
+    if label != lam:
         raise ConfigError(
-            f"{path}: was pruned from the λ={lambda_label(source)} model but the unpruned reference is the λ={lam} "
-            "model (prune.lambda); rerun prune and finetune for it (`dvc repro`)"
+            f"{path}: was pruned from the λ={label} model but the unpruned reference is the λ={lam} model "
+            "(prune.lambda); rerun prune and finetune for it (`dvc repro`)"
         )
 
 
@@ -133,13 +139,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         f"finetuned_{ratio_label(r)}": layout.finetuned(r) for r in config.prune.ratios
     }
     checkpoints = {name: load_checkpoint(path) for name, path in sources.items()}
-    for name, checkpoint in checkpoints.items():
-        _check_lineage(sources[name], checkpoint, lam)
     # a bad file, or one of another arch than model.arch, stops here
     models = {
         name: model_from_checkpoint(checkpoint, sources[name], config.model.arch).cpu().eval()
         for name, checkpoint in checkpoints.items()
     }
+    for name, checkpoint in checkpoints.items():
+        _check_lineage(sources[name], checkpoint["provenance"].get("lambda"), lam)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     size = (1, *data.image_shape)
     e = config.export
