@@ -578,8 +578,10 @@ def test_unreachable_tracking_uri_stops_train_before_any_training(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and uri in lines[0], result.stderr
     assert "MLFLOW_TRACKING_URI" in lines[0]  # says what to fix
-    for written in ("models", "reports", ".netslim"):
+    for written in ("models", "reports"):
         assert not (project / written).exists(), written
+    # only the stage's lock, taken before the tracking URI is tried (a second run is refused before any MLflow run)
+    assert [p.name for p in (project / ".netslim").rglob("*") if p.is_file()] == ["train-1e-4.lock"]
 
 
 @pytest.mark.slow
@@ -950,6 +952,7 @@ def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow
         "experiment.seed",
         "experiment.deterministic",
         "data.dataset",
+        "model.arch",
         "data.image_size",
         "train.sparsity_threshold",
     }
