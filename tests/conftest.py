@@ -19,18 +19,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 # The test files that take longest, longest first (per-file sums of a `make test` run on 2 cores: pipeline ~220 s,
-# tracking ~200, search ~105, engine ~70, bad_inputs ~65, registry ~55, export ~40, faults ~35). `make test`
-# runs two pytest-xdist workers that take whole files in this order (--no-loadscope-reorder): a long file handed
-# out last would run alone while the other worker idles.
+# tracking ~200, search ~105, faults ~85 (measured alone), bad_inputs ~75, engine ~70, registry ~55, export ~40,
+# gpu_check ~25).
+# `make test` runs two pytest-xdist workers that take whole files in this order (--no-loadscope-reorder): a long
+# file handed out last would run alone while the other worker idles.
 LONGEST_FIRST = (
     "test_pipeline.py",
     "test_tracking.py",
     "test_search.py",
-    "test_engine.py",
+    "test_faults.py",
     "test_bad_inputs.py",
+    "test_engine.py",
     "test_registry.py",
     "test_export.py",
-    "test_faults.py",
     "test_gpu_check.py",
     "test_slimming.py",
     "test_distributed.py",
