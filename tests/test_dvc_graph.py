@@ -38,6 +38,7 @@ from PIL import Image
 
 from conftest import ROOT
 from netslim import cli, config
+from netslim.registry import ENTRIES
 from test_pipeline import DVC
 
 PACKAGE = ROOT / "src" / "netslim"
@@ -150,17 +151,23 @@ def with_packages(modules: set[str]) -> set[str]:
     return {m for m in with_parents if module_file(m)}
 
 
+# Imports made by name at run time, which no import statement shows: building a model (netslim.models) imports
+# the architecture's module that the registry names.
+LAZY_IMPORTS = {"netslim.models": {place.partition(":")[0] for place in ENTRIES.values()}}
+
+
 def import_closure(*modules: str) -> dict[str, ast.Module]:
     """Repo-relative path -> parsed AST of every src/netslim file that importing `modules` runs."""
     seen: dict[str, ast.Module] = {}
     todo = sorted(with_packages(set(modules)))
     while todo:
-        path = module_file(todo.pop())
+        module = todo.pop()
+        path = module_file(module)
         rel = path.relative_to(ROOT).as_posix()
         if rel in seen:
             continue
         seen[rel] = ast.parse(path.read_text(), filename=rel)
-        todo += sorted(imported_modules(seen[rel]))
+        todo += sorted(imported_modules(seen[rel]) | with_packages(LAZY_IMPORTS.get(module, set())))
     return seen
 
 
