@@ -315,6 +315,7 @@ def test_an_interrupted_demo_leaves_nothing_staged_no_stage_running_and_the_next
         assert code == 128 + signum, output
         last = output.strip().splitlines()[-1]
         assert "interrupted" in last and "python -m netslim.demo --profile profiles/longer.yaml" in last, output
+        assert "Traceback" not in output, output  # the stage says it was interrupted in one line too
         assert processes_in(project) == [], "no stage outlives the demo"
         assert run(["git", "diff", "--cached", "--name-only"], project).strip() == "", "nothing left staged"
         assert (project / "params.yaml").read_bytes() == params
