@@ -1,6 +1,8 @@
 """What a model costs: parameters, MACs/FLOPs per image, and measured throughput.
 
-MACs (multiply-accumulates) are counted by thop; FLOPs are reported as 2 × MACs. Both names are spelled out
+MACs (multiply-accumulates) are counted by thop; FLOPs are reported as 2 × MACs. thop also counts BatchNorm (4 per
+element) and the average pool; `count_conv_linear_macs` counts only the multiply-accumulates of convolutions and
+linear layers, exactly, from their shapes (what torch.utils.flop_counter counts, halved). Both names are spelled out
 everywhere, because papers use "FLOPs" for either. Throughput is images per second in eval mode under
 torch.inference_mode, so that a pruned model's realised speedup can sit next to its MACs ratio.
 
@@ -30,6 +32,7 @@ IMAGE_SHAPE = (3, 32, 32)
 __all__ = [
     "channels_per_layer",
     "compare_models",
+    "count_conv_linear_macs",
     "count_macs",
     "count_params",
     "flops_from_macs",
@@ -60,6 +63,35 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE)) 
     x = torch.zeros(tuple(input_size), device=like.device, dtype=like.dtype)
     macs, _params = thop.profile(probe, inputs=(x,), verbose=False)
     return int(round(float(macs) / input_size[0]))
+
+
+def count_conv_linear_macs(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE)) -> int:
+    """Multiply-accumulates per image of the convolutions and linear layers of one forward pass, exactly.
+
+    A conv's output element takes (in_channels / groups) × kernel height × kernel width MACs, a linear layer's
+    in_features; BatchNorm, activations, pooling and additions count nothing. Counted on the meta device from a
+    copy of the model, so no arithmetic runs and the model is left untouched.
+    """
+    probe = copy.deepcopy(unwrap(model)).to("meta").eval()
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    for module in probe.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(conv_hook)
+        elif isinstance(module, nn.Linear):
+            module.register_forward_hook(linear_hook)
+    with torch.no_grad():
+        probe(torch.zeros(tuple(input_size), device="meta"))
+    return total // input_size[0]
 
 
 def flops_from_macs(macs: int) -> int:
