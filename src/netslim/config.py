@@ -27,6 +27,7 @@ MAX_CLASSES = 1000  # the datasets here have 10; more in a checkpoint or meta.js
 # inside the optimizer, not a divergence)
 MAX_LR = 10.0
 MAX_SEED = 2**32 - 1  # engine.epoch_generator seeds with seed × 1,000,003 + epoch, which must stay below 2^63
+TEACHERS = ("sparse", "unpruned")  # finetune.distill_teacher
 SCHEDULES = ("step", "cosine")  # lr schedules of train and finetune (netslim.engine.make_optimizer)
 
 
@@ -164,6 +165,10 @@ class TrainConfig(OptimConfig):
 @dataclass(frozen=True)
 class FinetuneConfig(OptimConfig):
     epochs: int = 20
+    # Knowledge distillation while fine-tuning: loss (1 - α)·CE + α·T²·KL(teacher ‖ student); α = 0 is off.
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
+    distill_teacher: str = "sparse"  # sparse: the model that was pruned (prune.lambda); unpruned: the λ = 0 model
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,9 @@ class PruneConfig:
     target_latency_ms: float | None = None  # for a "budget" entry: ... whose exported model runs within this (batch 1)
     min_channels: int = 2  # no prunable layer keeps fewer channels than this
     round_to: int = 1  # every prunable layer keeps a multiple of this many channels (or all); 1 = off, 8 = AVX2 lanes
+    # No prunable layer loses more than this share of its channels in one pruning (Torch-Pruning's max_pruning_ratio);
+    # the global ranking takes the rest from other layers. 1.0 = off (the reference code's uncapped threshold).
+    max_layer_ratio: float = 1.0
     bias_compensation: bool = True  # fold relu(β) of removed channels into the next layer
     # Training batches (no augmentation, no gradients) that re-estimate every BN's running mean and variance after
     # surgery ("adaptive BN", EagleEye 2020); 0 keeps the statistics copied from the unpruned model.
@@ -440,6 +448,20 @@ def validate(c: Config) -> None:
     )
     _validate_optim("train", c.train)
     _validate_optim("finetune", c.finetune)
+    f = c.finetune
+    _require(0 <= f.distill_alpha <= 1, f"finetune.distill_alpha: {f.distill_alpha} must be in [0, 1] (0 = off)")
+    _require(
+        math.isfinite(f.distill_temperature) and f.distill_temperature > 0,
+        f"finetune.distill_temperature: {f.distill_temperature} must be a positive number, e.g. 4",
+    )
+    _require(
+        f.distill_teacher in TEACHERS,
+        f"finetune.distill_teacher: {f.distill_teacher!r} is not one of {', '.join(TEACHERS)}",
+    )
+    _require(
+        not f.distill_alpha or f.distill_teacher != "unpruned" or 0.0 in {float(v) for v in c.train.lambdas},
+        'finetune.distill_teacher: "unpruned" is the λ = 0 model; add "0" to train.lambdas or use sparse',
+    )
     _require(len(c.train.lambdas) >= 1, 'train.lambdas: [] must list at least one λ, e.g. ["1e-4"]')
     for i, lam in enumerate(c.train.lambdas):
         parse_lambda(lam, f"train.lambdas[{i}]")
@@ -480,6 +502,10 @@ def validate(c: Config) -> None:
     )
     _require(c.prune.min_channels >= 1, f"prune.min_channels: {c.prune.min_channels} must be >= 1")
     _require(c.prune.round_to >= 1, f"prune.round_to: {c.prune.round_to} must be >= 1 (1 = off), e.g. 8")
+    _require(
+        0 < c.prune.max_layer_ratio <= 1,
+        f"prune.max_layer_ratio: {c.prune.max_layer_ratio} is outside (0, 1]; e.g. 0.5 (at most half a layer), 1 = off",
+    )
     _require(
         c.prune.target_latency_ms is None
         or (math.isfinite(c.prune.target_latency_ms) and c.prune.target_latency_ms > 0),

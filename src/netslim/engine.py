@@ -73,9 +73,16 @@ class FitSettings:
     compile: bool = False
     eval_batch_size: int = 1024
     divergence_loss: float = math.inf
+    distill_alpha: float = 0.0  # weight of the teacher's softened logits in the loss (knowledge distillation); 0 = off
+    distill_temperature: float = 4.0  # softens both logits before they are compared
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
-        blob = json.dumps({"settings": asdict(self), "extra": extra or {}}, sort_keys=True, default=str)
+        settings = asdict(self)
+        if not self.distill_alpha:
+            # Without distillation the fingerprint is what it was before these fields existed, so the states and
+            # search caches saved then still resume.
+            del settings["distill_alpha"], settings["distill_temperature"]
+        blob = json.dumps({"settings": settings, "extra": extra or {}}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -227,6 +234,23 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
+) -> torch.Tensor:
+    """Hinton et al.'s knowledge distillation: (1 - α)·CE(labels) + α·T²·KL(teacher ‖ student) at temperature T.
+
+    T² keeps the soft term's gradients on the scale of the hard term's as T grows.
+    """
+    hard = F.cross_entropy(logits.float(), labels)
+    soft = F.kl_div(
+        F.log_softmax(logits.float() / temperature, dim=1),
+        F.log_softmax(teacher_logits.float() / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - alpha) * hard + alpha * temperature**2 * soft
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -239,11 +263,13 @@ def train_one_epoch(
     bar: tqdm | None = None,
     postfix_every: int = 20,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    teacher: nn.Module | None = None,
 ) -> tuple[float, float]:
     """One pass over this rank's shard; returns (mean loss, accuracy) over all ranks.
 
     Args:
         scheduler: the lr schedule of make_optimizer, stepped after every optimizer step.
+        teacher: with `s.distill_alpha` > 0, the model (in eval mode) whose logits the loss distills.
     """
     rank, world_size = world()
     model.train()
@@ -272,7 +298,12 @@ def train_one_epoch(
         x = x.contiguous(memory_format=fmt)
         with _autocast(device, s.amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            if teacher is not None and s.distill_alpha:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = distillation_loss(logits, teacher_logits, y, s.distill_alpha, s.distill_temperature)
+            else:
+                loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         add_l1_subgradient(model, s.sparsity_lambda)  # after the all-reduce, before the step
@@ -354,6 +385,7 @@ def fit(
     on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None,
     desc: str = "train",
     lr_key: str = "the lr",
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train `model` in place for `s.epochs` and keep the best state by validation accuracy.
 
@@ -365,8 +397,14 @@ def fit(
         on_epoch: called on every rank after each epoch with the history record and the plain model
             (tracking, Optuna pruning); an exception it raises stops training.
         lr_key: the params key of the lr, named by TrainingDiverged (e.g. "train.lr").
+        teacher: the model distilled from when `s.distill_alpha` > 0 (moved to `device`, kept in eval mode);
+            what identifies it belongs in `fingerprint_extra`.
     """
+    if s.distill_alpha and teacher is None:
+        raise ValueError("distill_alpha > 0 needs a teacher model")
     rank, world_size = world()
+    if teacher is not None:
+        teacher = teacher.to(device).to(memory_format=memory_format(s.channels_last)).eval()
     model.to(device)
     model.to(memory_format=memory_format(s.channels_last))
     data = data.to(device)
@@ -415,6 +453,7 @@ def fit(
             generator,
             bar,
             scheduler=scheduler,
+            teacher=teacher,
         )
         if bar is not None:
             bar.close()

@@ -23,11 +23,10 @@ from netslim.models import architecture_of, build_model, count_params, prunable_
 from netslim.models.architecture import ConvLink, LinearLink
 from netslim.slimming.threshold import (
     PruneError,
-    channel_masks,
     check_min_channels,
     check_round_to,
     gather_gammas,
-    global_threshold,
+    masks_for_ratio,
     select_channels,
 )
 
@@ -188,7 +187,9 @@ def smallest_ratio_for_index(index: int, total: int) -> float:
     return ratio
 
 
-def ratio_for_budget(model: nn.Module, target_params: int, min_channels: int, round_to: int = 1) -> float:
+def ratio_for_budget(
+    model: nn.Module, target_params: int, min_channels: int, round_to: int = 1, max_layer_ratio: float = 1.0
+) -> float:
     """The smallest ratio in [0, 1) whose pruned model has at most `target_params` parameters.
 
     The pruned model only changes where int(total * ratio) changes, so the search bisects over those
@@ -204,7 +205,7 @@ def ratio_for_budget(model: nn.Module, target_params: int, min_channels: int, ro
     candidates = [0.0] + [smallest_ratio_for_index(i, total) for i in range(total)]
 
     def params_at(candidate: int) -> int:
-        masks = channel_masks(gammas, global_threshold(gammas, candidates[candidate]), min_channels, round_to)
+        masks, _ = masks_for_ratio(gammas, candidates[candidate], min_channels, round_to, max_layer_ratio)
         return params_for_cfg(model, cfg_from_masks(model, masks))
 
     lo, hi = 0, len(candidates) - 1
@@ -250,6 +251,7 @@ def prune(
     min_channels: int = 2,
     bias_compensation: bool = True,
     round_to: int = 1,
+    max_layer_ratio: float = 1.0,
 ) -> PruneResult:
     """Network Slimming's pruning step: a fixed `ratio` of channels, or the smallest ratio fitting `target_params`.
 
@@ -260,6 +262,7 @@ def prune(
         min_channels: no prunable layer keeps fewer channels.
         bias_compensation: fold relu(β) of removed channels into the next layer.
         round_to: every prunable layer keeps a multiple of this many channels (or all it has); 1 = off.
+        max_layer_ratio: no prunable layer loses more than this share of its channels; 1 = off.
     """
     if (ratio is None) == (target_params is None):
         raise PruneError(
@@ -267,8 +270,8 @@ def prune(
             "null to prune by ratio)"
         )
     if target_params is not None:
-        ratio = ratio_for_budget(model, target_params, min_channels, round_to)
-    masks, threshold = select_channels(model, ratio, min_channels, round_to)
+        ratio = ratio_for_budget(model, target_params, min_channels, round_to, max_layer_ratio)
+    masks, threshold = select_channels(model, ratio, min_channels, round_to, max_layer_ratio)
     pruned = prune_model(model, masks, bias_compensation)
     return PruneResult(
         model=pruned,

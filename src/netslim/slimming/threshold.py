@@ -5,6 +5,12 @@ threshold is the value at index int(total * ratio), and a channel survives when 
 Two deliberate departures, both documented where they happen: ratio 0 keeps every channel, and every
 layer keeps at least `min_channels` channels so that no layer is emptied. Optionally (`round_to` > 1) each
 layer's kept count is rounded up to a multiple of `round_to`, for hardware-aligned widths.
+
+`max_layer_ratio` < 1 caps what one pass may take from any layer (Torch-Pruning's `max_pruning_ratio`): only
+each layer's smallest floor(max_layer_ratio × size) |γ| may go, and the global ranking runs over those, so the
+channels a capped layer keeps are taken from the other layers instead (the requested count still goes when the
+caps leave enough). At 90% the uncapped threshold empties the deep layers, whose |γ| is small after BatchNorm
+without the channels being unimportant; the cap spreads the cut.
 """
 
 from __future__ import annotations
@@ -39,6 +45,14 @@ def check_round_to(round_to: int) -> int:
     if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
         raise PruneError(f"prune.round_to: {round_to!r} must be a whole number >= 1 (1 = off), e.g. 8")
     return int(round_to)
+
+
+def check_max_layer_ratio(max_layer_ratio: float) -> float:
+    if isinstance(max_layer_ratio, bool) or not isinstance(max_layer_ratio, numbers.Real):
+        raise PruneError(f"prune.max_layer_ratio: {max_layer_ratio!r} must be a number in (0, 1], e.g. 0.5 (1 = off)")
+    if not 0 < max_layer_ratio <= 1:
+        raise PruneError(f"prune.max_layer_ratio: {max_layer_ratio!r} is outside (0, 1]; 0.5 = at most half a layer")
+    return float(max_layer_ratio)
 
 
 def gather_gammas(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -114,14 +128,61 @@ def channel_masks(
     return {name: round_up_mask(gammas[name], mask, round_to) for name, mask in masks.items()}
 
 
-def select_channels(
-    model: nn.Module, ratio: float, min_channels: int, round_to: int = 1
+def capped_masks(
+    gammas: dict[str, torch.Tensor], ratio: float, min_channels: int, max_layer_ratio: float
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """Masks and threshold for pruning `ratio` of the model's prunable channels (global ranking).
+    """Keep-masks that remove int(total × ratio) channels by global |γ| rank, no layer losing more than
+    floor(max_layer_ratio × size) channels nor going below min(min_channels, size).
+
+    Returns the masks and the largest removed |γ| (-inf when nothing goes). Fewer channels go when the caps
+    leave fewer candidates than requested; `PruneResult.channels_removed` reports what went.
+    """
+    ratio, min_channels = check_ratio(ratio), check_min_channels(min_channels)
+    max_layer_ratio = check_max_layer_ratio(max_layer_ratio)
+    names, values, positions = [], [], []
+    for index, gamma in enumerate(gammas.values()):
+        size = gamma.numel()
+        allowed = min(math.floor(max_layer_ratio * size), size - min(min_channels, size))
+        # A stable sort makes ties between equal |γ| resolve to the lower index, so the result is reproducible.
+        smallest = torch.sort(gamma, stable=True).indices[:allowed]
+        names += [index] * len(smallest)
+        values.append(gamma[smallest].float())
+        positions.append(smallest)
+    masks = {name: torch.ones(g.numel(), dtype=torch.bool) for name, g in gammas.items()}
+    total = sum(g.numel() for g in gammas.values())
+    candidates = torch.cat(values) if values else torch.empty(0)
+    count = min(int(total * ratio), candidates.numel())
+    if count == 0:
+        return masks, -math.inf
+    order = torch.sort(candidates, stable=True).indices[:count]
+    layer_of, position = torch.tensor(names), torch.cat(positions)
+    keys = list(gammas)
+    for i in order.tolist():
+        masks[keys[int(layer_of[i])]][position[i]] = False
+    return masks, float(candidates[order[-1]])
+
+
+def masks_for_ratio(
+    gammas: dict[str, torch.Tensor], ratio: float, min_channels: int, round_to: int = 1, max_layer_ratio: float = 1.0
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Masks and threshold for pruning `ratio` of the channels whose |γ| are `gammas` (global ranking).
 
     With `round_to` > 1 each layer keeps the next multiple of `round_to` channels, so a little less than `ratio`
-    of the channels goes (see `round_up_mask`).
+    of the channels goes (see `round_up_mask`). With `max_layer_ratio` < 1 no layer loses more than that share
+    (see `capped_masks`); 1 is the reference code's uncapped threshold.
     """
-    gammas = gather_gammas(model)
-    threshold = global_threshold(gammas, ratio)
-    return channel_masks(gammas, threshold, min_channels, round_to), threshold
+    if check_max_layer_ratio(max_layer_ratio) == 1:
+        threshold = global_threshold(gammas, ratio)
+        return channel_masks(gammas, threshold, min_channels, round_to), threshold
+    masks, threshold = capped_masks(gammas, ratio, min_channels, max_layer_ratio)
+    round_to = check_round_to(round_to)
+    if round_to > 1:
+        masks = {name: round_up_mask(gammas[name], mask, round_to) for name, mask in masks.items()}
+    return masks, threshold
+
+
+def select_channels(
+    model: nn.Module, ratio: float, min_channels: int, round_to: int = 1, max_layer_ratio: float = 1.0
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Masks and threshold for pruning `ratio` of the model's prunable channels (see `masks_for_ratio`)."""
+    return masks_for_ratio(gather_gammas(model), ratio, min_channels, round_to, max_layer_ratio)

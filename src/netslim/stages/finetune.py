@@ -14,9 +14,9 @@ from netslim.engine import is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.measure import model_summary
-from netslim.models import count_params, model_from_checkpoint
+from netslim.models import count_params, load_model, model_from_checkpoint
 from netslim.steps import RunOptions, fit_settings
-from netslim.steps.finetune import finetune
+from netslim.steps.finetune import configured_distillation, finetune
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,13 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     model = model_from_checkpoint(checkpoint, source, config.model.arch)
     model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
-    settings = fit_settings(config, config.finetune, sparsity_lambda=0.0)
+    settings = configured_distillation(fit_settings(config, config.finetune, sparsity_lambda=0.0), config.finetune)
+    identity = {"source": file_sha256(source), "data": file_sha256(layout.prepared / "meta.json")}
+    teacher = None
+    if settings.distill_alpha:
+        teacher_lambda = config.prune.lambda_ if config.finetune.distill_teacher == "sparse" else "0"
+        teacher = load_model(layout.sparse_best(teacher_lambda), config.model.arch)
+        identity["teacher"] = file_sha256(layout.sparse_best(teacher_lambda))
     prov = checkpoint.get("provenance", {})
     lam = lambda_label(prov["lambda"]) if "lambda" in prov else ""  # as the train and prune runs spell it
     tags = {"ratio": label, "lambda": lam, "arch": model.arch, "dataset": config.data.dataset}
@@ -56,13 +62,13 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
         tracking.stage_run(config, "finetune", f"finetune {percent}", params=params, **tags) as run,
     ):
         run.source(source, prov)
-        source_hash = file_sha256(source)
+        source_hash = identity["source"]
         tuned = finetune(
             model,
             data,
             settings,
             device,
-            {"source": source_hash, "data": file_sha256(layout.prepared / "meta.json")},
+            identity,
             RunOptions(
                 layout.state("finetune", label),
                 args.resume,
@@ -70,6 +76,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
                 f"finetune {percent}",
                 "finetune.lr",
             ),
+            teacher,
         )
         if not is_main_process():
             return 0

@@ -67,6 +67,7 @@ def pruned_variants(
                 min_channels=config.prune.min_channels,
                 bias_compensation=compensated,
                 round_to=config.prune.round_to,
+                max_layer_ratio=config.prune.max_layer_ratio,
                 **by,
             )
         result = surgeries[compensated]

@@ -46,9 +46,15 @@ def sparse_fingerprint(config: Config, settings: FitSettings, data_hash: str) ->
     return settings.fingerprint(sparse_identity(config, data_hash))
 
 
-def initial_model(config: Config, num_classes: int) -> nn.Module:
-    """The unpruned model of `config.model` before training, γ initialised to `model.bn_init`."""
-    return init_bn_scale(build_model(config.model.arch, num_classes, width=config.model.width), config.model.bn_init)
+def initial_model(config: Config, num_classes: int, cfg: list | None = None, width: float | None = None) -> nn.Module:
+    """The model of `config.model` before training, γ initialised to `model.bn_init` (the caller seeds torch).
+
+    Args:
+        cfg: per-layer widths (a pruned model's, to train its architecture from scratch); None = unpruned.
+        width: replaces `model.width` (a uniformly narrower network); None keeps it.
+    """
+    model = build_model(config.model.arch, num_classes, cfg, width=config.model.width if width is None else width)
+    return init_bn_scale(model, config.model.bn_init)
 
 
 def sparsity_train(
