@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo seed test test-fast ui dashboard setup system-deps lint bench search clean-demo exp-show gpu-check gpu-wheels
+.PHONY: demo seed test test-fast ui dashboard setup system-deps lint bench search study clean-demo exp-show gpu-check gpu-wheels
 
 # uv installs the ~6 GB of wheels (torch's CUDA build and its libraries) in about 30 s where pip takes about
 # 3 minutes on 2 cores. uv reads no pip configuration, so pip's own (indexes, find-links, constraints, as
@@ -97,6 +97,11 @@ ui: $(STAMP)
 
 search: setup
 	$(BIN)/dvc repro search/dvc.yaml
+
+# The studies (controls, ratio sweep, multi-pass; studies/params.yaml): about 20 minutes on this 2-core CPU after the
+# demo, results in reports/studies/README.md.
+study: setup
+	$(BIN)/dvc repro studies/dvc.yaml
 
 # Optuna's dashboard on the search's study: the default SQLite file, or another storage with
 # make dashboard STUDY=postgresql+psycopg://user:pw@host/netslim (the set-up installed it: the `dashboard` extra).
