@@ -293,7 +293,9 @@ def check(stages: list[Stage]) -> Gaps:
 
 
 def project_stages() -> list[Stage]:
-    return [s for f in ("dvc.yaml", "search/dvc.yaml") for s in stages_of((ROOT / f).read_text(), f)]
+    return [
+        s for f in ("dvc.yaml", "search/dvc.yaml", "studies/dvc.yaml") for s in stages_of((ROOT / f).read_text(), f)
+    ]
 
 
 # ---- tests ------------------------------------------------------------------------------------
@@ -343,7 +345,7 @@ def test_code_no_stage_function_mentions_is_not_counted() -> None:
     assert keys_read({"x.py": tree}) == {"model.arch"}
 
 
-@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "search/dvc.yaml"])
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "search/dvc.yaml", "studies/dvc.yaml"])
 def test_every_code_dep_exists(dvc_file: str) -> None:
     for stage in stages_of((ROOT / dvc_file).read_text(), dvc_file):
         missing = [d for d in stage.deps if d.startswith("src/") and not (ROOT / d).exists()]

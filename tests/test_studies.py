@@ -3,6 +3,7 @@ end to end by the real `dvc repro` in a temporary git + DVC repository on a tiny
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -13,12 +14,14 @@ from torch import nn
 
 from conftest import ROOT, tiny_params, write_params
 from netslim.config import ConfigError, config_from_dict
+from netslim.engine import distillation_loss
 from netslim.measure import count_conv_linear_macs
 from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.slimming.surgery import prune, prune_model
 from netslim.slimming.threshold import capped_masks, select_channels
-from netslim.steps.train import initial_model
-from netslim.studies import load_studies, random_masks, width_for_params
+from netslim.steps.train import fresh_model
+from netslim.studies import random_masks, width_for_params
+from netslim.study_report import load_studies
 from test_pipeline import DVC, run
 
 
@@ -90,8 +93,7 @@ def test_a_scratch_control_has_the_pruned_cfg_and_freshly_initialised_weights(tm
     config = config_from_dict(tiny_params(tmp_path, fmnist_dir))
     sparse = model_with_gammas()
     pruned = prune(sparse, ratio=0.5, min_channels=1).model
-    torch.manual_seed(0)
-    scratch = initial_model(config, 10, pruned.cfg)
+    scratch = fresh_model(config, 10, pruned.cfg)
     assert scratch.cfg == pruned.cfg
     assert count_params(scratch) == count_params(pruned)
     shared = [k for k, v in scratch.state_dict().items() if v.is_floating_point() and v.numel() > 1]
@@ -156,3 +158,36 @@ def test_the_studies_pipeline_runs_end_to_end_on_a_tiny_project(tmp_path, fmnist
     report = (out / "README.md").read_text()
     assert "Scratch-B" in report and "Multi-pass" in report
     assert "Running stage" not in run([DVC, "repro", "studies/dvc.yaml"], repo)
+
+
+def test_distillation_at_alpha_zero_is_plain_cross_entropy():
+    logits, teacher, labels = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    loss = distillation_loss(logits, teacher, labels, alpha=0.0, temperature=4.0)
+    assert torch.allclose(loss, nn.functional.cross_entropy(logits, labels))
+
+
+def test_distillation_pulls_the_student_towards_the_teachers_logits_where_cross_entropy_does_not():
+    torch.manual_seed(0)
+    x, labels, teacher = torch.randn(32, 6), torch.randint(0, 5, (32,)), torch.randn(32, 5) * 3
+    start = nn.Linear(6, 5)
+
+    def trained(alpha: float) -> float:
+        student = copy.deepcopy(start)
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+        for _ in range(20):
+            optimizer.zero_grad()
+            distillation_loss(student(x), teacher, labels, alpha=alpha, temperature=1.0).backward()
+            optimizer.step()
+        return float(
+            nn.functional.kl_div(
+                student(x).log_softmax(1), teacher.log_softmax(1), reduction="batchmean", log_target=True
+            )
+        )
+
+    assert trained(1.0) < 0.7 * trained(0.0)
+
+
+def test_a_distillation_weight_outside_zero_to_one_is_refused_with_the_key_named(tmp_path, fmnist_dir):
+    params = tiny_params(tmp_path, fmnist_dir, finetune={"distill_alpha": 2})
+    with pytest.raises(ConfigError, match=r"finetune\.distill_alpha: 2"):
+        config_from_dict(params)

@@ -35,7 +35,8 @@ STAGES = {
     "search": ("netslim.stages.search", "Optuna study over λ and the fine-tune lr under constraints"),
     "ci-report": ("netslim.stages.ci_report", "markdown diff of metrics and params against a git revision"),
     "bench": ("netslim.stages.bench", "speed benchmarks, written to reports/benchmarks.{json,md}"),
-    "study": ("netslim.stages.study", "one part of the studies: controls, ratio sweep, multi-pass, report"),
+    "study": ("netslim.stages.study", "one of the studies: controls, ratio sweep or multi-pass slimming"),
+    "study-report": ("netslim.stages.study_report", "reports/studies/README.md from the studies' results"),
 }
 
 
