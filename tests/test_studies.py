@@ -4,6 +4,7 @@ end to end by the real `dvc repro` in a temporary git + DVC repository on a tiny
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -14,7 +15,8 @@ from torch import nn
 
 from conftest import ROOT, tiny_params, write_params
 from netslim.config import ConfigError, config_from_dict
-from netslim.engine import distillation_loss
+from netslim.data import normalize
+from netslim.engine import FitSettings, distillation_loss, fit
 from netslim.measure import count_conv_linear_macs
 from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.slimming.surgery import prune, prune_model
@@ -191,3 +193,37 @@ def test_a_distillation_weight_outside_zero_to_one_is_refused_with_the_key_named
     params = tiny_params(tmp_path, fmnist_dir, finetune={"distill_alpha": 2})
     with pytest.raises(ConfigError, match=r"finetune\.distill_alpha: 2"):
         config_from_dict(params)
+
+
+def small_vgg(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("vgg19", num_classes=4, cfg=[16, "M", 16, "M", 32, "M", 32])
+
+
+def test_fine_tuning_with_a_teacher_trains_through_the_one_loop_and_agrees_more_with_the_teacher(tiny_data):
+    cpu = torch.device("cpu")
+    teacher = small_vgg(1)  # untrained: its answers are not the labels', so only distillation follows them
+    plain, distilled = small_vgg(0), small_vgg(0)
+    settings = FitSettings(epochs=1, batch_size=16, lr=3e-3, augment=False)
+    fit(plain, tiny_data, settings, cpu)
+    fit(
+        distilled,
+        tiny_data,
+        dataclasses.replace(settings, distill_alpha=1.0, distill_temperature=1.0),
+        cpu,
+        teacher=teacher,
+    )
+    x = normalize(tiny_data.test.images, tiny_data.mean, tiny_data.std)
+    with torch.no_grad():
+        answers = teacher.eval()(x).argmax(1)
+        agree = {
+            name: float((m.eval()(x).argmax(1) == answers).float().mean())
+            for name, m in [("plain", plain), ("kd", distilled)]
+        }
+    assert agree["kd"] > agree["plain"] + 0.2
+
+
+def test_distillation_without_a_teacher_is_refused(tiny_data):
+    settings = FitSettings(epochs=1, batch_size=16, lr=3e-3, distill_alpha=0.5)
+    with pytest.raises(ValueError, match="teacher"):
+        fit(small_vgg(0), tiny_data, settings, torch.device("cpu"))
