@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from netslim.layout import Layout
 from netslim.measure import count_conv_linear_macs, count_macs, forward_runner, interleaved_throughput
 from netslim.models import build_model, count_params, load_model
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
-from netslim.slimming.surgery import PruneResult, prune_model
+from netslim.slimming.surgery import PruneResult, prune_model, smallest_ratio_for_index
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import distilled, finetune
 from netslim.steps.prune import configured_variant, pruned_variants
@@ -288,11 +289,13 @@ def multipass(study: Study) -> dict[str, Any]:
     capped = dataclasses.replace(c, prune=dataclasses.replace(c.prune, max_layer_ratio=s.pass_cap))
     capped_study = dataclasses.replace(study, config=capped)
     total = sum(widths(study.sparse))
+    goal = math.floor((1 - s.pass_target) * total)  # channels kept after the last pass: at least pass_target go
     model, passes = study.sparse, []
     for index in range(1, s.passes + 1):
-        kept = sum(widths(model)) / total
-        target_keep = (1 - s.pass_target) / kept
-        ratio = min(0.99, max(0.0, 1 - target_keep ** (1 / (s.passes - index + 1))))
+        current = sum(widths(model))
+        keep = round(current * min(1.0, goal / current) ** (1 / (s.passes - index + 1)))
+        # The ratio whose int(current × ratio) is exactly the count to remove (a float ratio can land one short).
+        ratio = smallest_ratio_for_index(current - keep, current) if keep < current else 0.0
         result = capped_study.pruned(model, ratio=ratio)
         model = result.model
         record = {
