@@ -187,7 +187,7 @@ def controls_figure(result: dict[str, Any]):
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
     for i, m in enumerate(means):
-        ax.text(m + 0.3, i, f"{m:.2f}%", va="center", fontsize=8)
+        ax.text(m + 100 * result["noise"] + 0.2, i, f"{m:.2f}%", va="center", fontsize=8)
     ax.set_xlim(min(means) - 5, max(means) + 3)
     ax.set_xlabel(f"test accuracy (%), ±1 standard error of {result['test_images']:,} test images")
     fig.suptitle(f"Is slimming worth it? Controls at the {result['ratio']:g}-pruned architecture")
@@ -453,3 +453,6 @@ def report_markdown(out: Path) -> str:
         *multipass_markdown(multipass_result),
     ]
     return "\n".join(lines)
+
+
+FIGURES = {"controls": controls_figure, "sweep": sweep_figure, "multipass": multipass_figure}

@@ -1,7 +1,7 @@
 """`netslim study --part P`: one experiment of the studies pipeline (studies/dvc.yaml, `make study`).
 
-controls, sweep and multipass each write reports/studies/<part>.{json,csv,png} and log their table and figure to
-MLflow; `netslim study-report` writes reports/studies/README.md from the three.
+controls, sweep and multipass each write reports/studies/<part>.{json,csv} and log their table and metrics to MLflow;
+`netslim study-report` draws the figures and writes reports/studies/README.md from the three.
 """
 
 from __future__ import annotations
@@ -14,11 +14,6 @@ from netslim.config import Config
 from netslim.engine import set_deterministic
 
 EXPERIMENTS = {"controls": studies.controls, "sweep": studies.sweep, "multipass": studies.multipass}
-FIGURES = {
-    "controls": study_report.controls_figure,
-    "sweep": study_report.sweep_figure,
-    "multipass": study_report.multipass_figure,
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,10 +32,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         result = EXPERIMENTS[part](study)
         rows = result["rows"] if "rows" in result else result["passes"]
         study_report.write_part(out, part, result, rows)
-        study_report.save_figure(FIGURES[part](result), out / f"{part}.png")
         run.table([{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows], f"study_{part}.json")
-        run.artifact(out / f"{part}.png")
         for step, r in enumerate(rows):
             run.metrics({k: v for k, v in r.items() if k.startswith("test_acc") or k in ("params", "macs")}, step=step)
-    print(f"study {part} -> {out}/{part}.{{json,csv,png}}")
+    print(f"study {part} -> {out}/{part}.{{json,csv}}")
     return 0

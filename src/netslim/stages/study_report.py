@@ -1,13 +1,17 @@
-"""`netslim study-report`: reports/studies/README.md from the studies' JSON files (studies/dvc.yaml)."""
+"""`netslim study-report`: the studies' figures and reports/studies/README.md from their JSON files (studies/dvc.yaml).
+
+Drawn here, not in the experiments' stages, so that a figure or a sentence can change without training again.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from netslim import tracking
 from netslim.config import Config
 from netslim.io import atomic_write_text
-from netslim.study_report import load_studies, report_markdown
+from netslim.study_report import FIGURES, PARTS, load_part, load_studies, report_markdown, save_figure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     out = Path(load_studies(args.studies_params).reports)
-    atomic_write_text(out / "README.md", report_markdown(out))
-    print(f"study report -> {out / 'README.md'}")
+    with tracking.stage_run(config, "study-report", "study report") as run:
+        for part in PARTS:
+            save_figure(FIGURES[part](load_part(out, part)), out / f"{part}.png")
+            run.artifact(out / f"{part}.png")
+        atomic_write_text(out / "README.md", report_markdown(out))
+        run.artifact(out / "README.md")
+    print(f"study report -> {out}/README.md and {', '.join(f'{p}.png' for p in PARTS)}")
     return 0
