@@ -290,7 +290,7 @@ def controls_markdown(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def sweep_markdown(result: dict[str, Any]) -> list[str]:
+def sweep_markdown(result: dict[str, Any], controls_ratio: float) -> list[str]:
     ref = result["unpruned"]
     rows = [
         [
@@ -310,8 +310,9 @@ def sweep_markdown(result: dict[str, Any]) -> list[str]:
         "## Ratio sweep from one sparse model",
         "",
         "Accuracy right after pruning is of the model repaired as `prune` configures it; the fine-tuned models get "
-        "the demo's fine-tuning. MACs are conv + linear multiply-accumulates per image (thop's count, which adds "
-        "BatchNorm and pooling, beside it); latency is eager PyTorch at batch 1 on this machine, the median of "
+        f"the demo's fine-tuning (at {controls_ratio:g} it is the controls' slimming + fine-tuning row). MACs are "
+        "conv + linear multiply-accumulates per image (thop's count, which adds BatchNorm and pooling, beside it); "
+        "latency is eager PyTorch at batch 1 on this machine, the median of "
         "interleaved samples (no ONNX export: cheap, and one measurement for every model).",
         "",
         _table(
@@ -435,9 +436,21 @@ def multipass_markdown(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def report_markdown(out: Path) -> str:
-    """reports/studies/README.md from the three parts' JSON files."""
-    controls_result, sweep_result, multipass_result = (load_part(out, n) for n in ("controls", "sweep", "multipass"))
+def load_results(out: Path) -> dict[str, dict[str, Any]]:
+    """The three parts' results; the sweep's row at the controls' ratio gets the controls' slimming + fine-tuning
+    accuracy (mean over seeds) as its fine-tuned accuracy: the same pruned model and the same fine-tuning, run once."""
+    results = {part: load_part(out, part) for part in PARTS}
+    controls = results["controls"]
+    slimming = [r["test_acc"] for r in controls["rows"] if r["control"] == controls["rows"][0]["control"]]
+    for row in results["sweep"]["rows"]:
+        if row["ratio"] == controls["ratio"] and row["test_acc_finetuned"] is None:
+            row["test_acc_finetuned"] = statistics.mean(slimming)
+    return results
+
+
+def report_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """reports/studies/README.md from the three parts' results (`load_results`)."""
+    controls_result, sweep_result, multipass_result = (results[part] for part in PARTS)
     lines = [
         "# Studies: is slimming worth it, and how far can it go?",
         "",
@@ -446,10 +459,7 @@ def report_markdown(out: Path) -> str:
         "",
         *controls_markdown(controls_result),
         "",
-        *sweep_markdown(sweep_result),
-        f"- Fine-tuned at {controls_result['ratio']:g}: {_pct(controls_result['rows'][0]['test_acc'])} (the controls' "
-        "first row, the same fine-tuning).",
-        "",
+        *sweep_markdown(sweep_result, controls_result["ratio"]),
         *multipass_markdown(multipass_result),
     ]
     return "\n".join(lines)

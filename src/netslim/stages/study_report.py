@@ -11,7 +11,7 @@ from pathlib import Path
 from netslim import tracking
 from netslim.config import Config
 from netslim.io import atomic_write_text
-from netslim.study_report import FIGURES, PARTS, load_part, load_studies, report_markdown, save_figure
+from netslim.study_report import FIGURES, PARTS, load_results, load_studies, report_markdown, save_figure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     out = Path(load_studies(args.studies_params).reports)
+    results = load_results(out)
     with tracking.stage_run(config, "study-report", "study report") as run:
         for part in PARTS:
-            save_figure(FIGURES[part](load_part(out, part)), out / f"{part}.png")
+            save_figure(FIGURES[part](results[part]), out / f"{part}.png")
             run.artifact(out / f"{part}.png")
-        atomic_write_text(out / "README.md", report_markdown(out))
+        atomic_write_text(out / "README.md", report_markdown(results))
         run.artifact(out / "README.md")
     print(f"study report -> {out}/README.md and {', '.join(f'{p}.png' for p in PARTS)}")
     return 0
