@@ -21,7 +21,7 @@ from netslim.measure import count_conv_linear_macs
 from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.slimming.surgery import prune, prune_model
 from netslim.slimming.threshold import capped_masks, select_channels
-from netslim.steps.train import fresh_model
+from netslim.steps.train import initial_model
 from netslim.studies import random_masks, width_for_params
 from netslim.study_report import load_studies
 from test_pipeline import DVC, run
@@ -95,7 +95,8 @@ def test_a_scratch_control_has_the_pruned_cfg_and_freshly_initialised_weights(tm
     config = config_from_dict(tiny_params(tmp_path, fmnist_dir))
     sparse = model_with_gammas()
     pruned = prune(sparse, ratio=0.5, min_channels=1).model
-    scratch = fresh_model(config, 10, pruned.cfg)
+    torch.manual_seed(0)
+    scratch = initial_model(config, 10, pruned.cfg)
     assert scratch.cfg == pruned.cfg
     assert count_params(scratch) == count_params(pruned)
     shared = [k for k, v in scratch.state_dict().items() if v.is_floating_point() and v.numel() > 1]

@@ -39,7 +39,7 @@ from netslim.slimming.surgery import PruneResult, prune_model, smallest_ratio_fo
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import distilled, finetune
 from netslim.steps.prune import configured_variant, pruned_variants
-from netslim.steps.train import fresh_model
+from netslim.steps.train import initial_model
 from netslim.study_report import StudiesConfig, test_noise
 
 
@@ -169,25 +169,22 @@ def controls(study: Study) -> dict[str, Any]:
     narrow_width = width_for_params(c.model.arch, study.data.num_classes, count_params(pruned), c.model.width)
     rows = []
     for seed in s.seeds:
-        seeded = dataclasses.replace(c, experiment=dataclasses.replace(c.experiment, seed=seed))
         finetuning = study.settings("finetune", seed)
         chance = torch.Generator().manual_seed(seed)
         random_masked = prune_model(study.sparse, random_masks(sliced.masks, chance), c.prune.bias_compensation)
         random_model = study.repaired(random_masked)
         kd = distilled(finetuning, s.kd_alpha, c.finetune.distill_temperature)
-        scratch = fresh_model(seeded, study.data.num_classes, cfg)
+        torch.manual_seed(seed)
+        scratch = initial_model(c, study.data.num_classes, cfg)
+        torch.manual_seed(seed)
+        narrow = initial_model(c, study.data.num_classes, width=narrow_width)
         runs = [
             ("slimming + fine-tuning", copy.deepcopy(pruned), finetuning, None),
             ("slimming + fine-tuning with distillation", copy.deepcopy(pruned), kd, study.sparse),
             ("Scratch-E: pruned architecture from scratch", scratch, None, None),
             ("Scratch-B: pruned architecture, same compute", copy.deepcopy(scratch), None, None),
             ("random channels, same widths + fine-tuning", random_model, finetuning, None),
-            (
-                f"uniformly narrower (width {narrow_width:.4f}) from scratch",
-                fresh_model(seeded, study.data.num_classes, width=narrow_width),
-                None,
-                None,
-            ),
+            (f"uniformly narrower (width {narrow_width:.4f}) from scratch", narrow, None, None),
         ]
         for name, model, settings, teacher in runs:
             if settings is None:  # from scratch: the sparsity-training recipe at λ = 0

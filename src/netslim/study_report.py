@@ -248,7 +248,14 @@ def controls_markdown(result: dict[str, Any]) -> list[str]:
         f"Distillation: α = {result['kd']['alpha']:g}, T = {result['kd']['temperature']:g}, teacher the "
         f"{result['kd']['teacher']}, same epochs as plain fine-tuning. Test set: {result['test_images']:,} images, "
         f"one standard error ±{100 * noise:.1f} points; a difference between two rows under ±{100 * margin:.1f} "
-        "points (95%) is noise.",
+        "points (95%) is noise."
+        + (
+            " One seed: the spread between training runs is not measured here and can be larger than the test set's "
+            "(a nearby architecture, or another thread count, fine-tunes several points apart), so each 'better' or "
+            "'worse' below is one run's."
+            if len(seeds) == 1
+            else ""
+        ),
         "",
         _table(
             [
