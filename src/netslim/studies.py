@@ -113,7 +113,8 @@ def open_study(config: Config, studies: StudiesConfig) -> Study:
     layout = Layout(config.paths)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     device = resolve_device(config.experiment.device)
-    return Study(config, studies, data, device, load_model(layout.sparse_best(config.prune.lambda_)).to(device))
+    sparse = load_model(layout.sparse_best(config.prune.lambda_), config.model.arch)
+    return Study(config, studies, data, device, sparse.to(device))
 
 
 # ---- the controls --------------------------------------------------------------------------------
