@@ -304,7 +304,7 @@ def interrupt_demo(project: Path, signum: int) -> tuple[int, str]:
 
 def test_an_interrupted_demo_leaves_nothing_staged_no_stage_running_and_the_next_demo_completes(project):
     (project / "profiles").mkdir(exist_ok=True)
-    (project / "profiles" / "longer.yaml").write_text("train.epochs: 4\n")
+    (project / "profiles" / "longer.yaml").write_text("train.epochs: 2\n")
     commit_all(project, "a longer profile")
     params = (project / "params.yaml").read_bytes()
     head = run(["git", "rev-parse", "HEAD"], project)

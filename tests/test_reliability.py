@@ -94,6 +94,8 @@ def test_pruning_that_removes_nothing_is_refused_with_the_keys_to_change(capsys)
         check_removed(0.9, 0.0, PruneConfig(min_channels=64))
     check_removed(0.9, 0.2, PruneConfig(min_channels=64))
     assert "removes only 20.0% of the prunable channels" in capsys.readouterr().err
+    with pytest.raises(PruneError, match="prune.round_to 1 and prune.max_layer_ratio 0.1 keep every channel"):
+        check_removed(0.9, 0.0, PruneConfig(min_channels=64, max_layer_ratio=0.1))
 
 
 # ---- params.yaml ------------------------------------------------------------------------------

@@ -897,4 +897,10 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
     texts = captions(inputs, config, rows)
     for name, heading in FIGURES.items():
         parts += [f"### {heading}", f"![{heading}](figures/{name})", texts[name]]
+    parts += [
+        "## Is slimming worth it?",
+        "Controls at the pruned architecture (trained from scratch, random channels, a uniformly narrower network), "
+        "a ratio sweep and multi-pass slimming are a pipeline of their own, `make study` (studies/dvc.yaml): "
+        "[studies/README.md](studies/README.md).",
+    ]
     return "\n\n".join(parts) + "\n"

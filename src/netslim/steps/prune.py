@@ -175,9 +175,11 @@ def prune_step(
 
 
 def check_removed(asked: float, removed: float, p: PruneConfig) -> None:
-    """PruneError when pruning `asked` of the channels removed none (prune.min_channels or prune.round_to keep every
-    channel); a note on stderr when it removed less than half of what was asked."""
+    """PruneError when pruning `asked` of the channels removed none (prune.min_channels, round_to or max_layer_ratio
+    keep every channel); a note on stderr when it removed less than half of what was asked."""
     keys = f"prune.min_channels {p.min_channels} and prune.round_to {p.round_to}"
+    if p.max_layer_ratio < 1:  # a cap per layer also keeps channels, when the other layers cannot give them
+        keys = keys.replace(" and ", ", ") + f" and prune.max_layer_ratio {p.max_layer_ratio:g}"
     if removed == 0:
         raise PruneError(
             f"prune: a ratio of {asked:g} removes no channel: {keys} keep every channel of every layer; lower them"
