@@ -42,7 +42,7 @@ from netslim.export import (
     write_onnx,
 )
 from netslim.io import load_checkpoint, save_torch
-from netslim.measure import count_macs
+from netslim.measure import count_conv_linear_macs
 from netslim.models import architecture, batchnorms, load_model, save_model
 from netslim.slimming.surgery import prune, ratio_for_budget
 from netslim.slimming.threshold import PruneError
@@ -180,7 +180,7 @@ def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None
         assert row["speedup"] == row["onnx_images_per_s"] / row["onnx_images_per_s_unpruned"] > 0
         assert row["eager_speedup"] == row["eager_images_per_s"] / row["eager_images_per_s_unpruned"] > 0
         assert row["onnx_over_eager"] == row["onnx_images_per_s"] / row["eager_images_per_s"]
-        assert row["macs_ratio"] == count_macs(reference.model) / count_macs(pruned.model) > 1
+        assert row["macs_ratio"] == count_conv_linear_macs(reference.model) / count_conv_linear_macs(pruned.model) > 1
         assert row["speedup_over_macs_ratio"] == pytest.approx(row["speedup"] / row["macs_ratio"])
     onnx_only = speed_rows(reference, pruned, threads=1, batch_sizes=(2,), repeats=1, warmup=0, eager=False)
     assert "eager_speedup" not in onnx_only[0] and onnx_only[0]["speedup"] > 0
@@ -211,8 +211,10 @@ def test_smaller_images_are_exported_timed_and_counted_at_their_own_size() -> No
         pair[name] = Deployable(model, session)
     assert 0 < latency_ms(pair["pruned"].session, repeats=2, warmup=0) < 10_000
     (row,) = speed_rows(pair["reference"], pair["pruned"], threads=1, batch_sizes=(2,), repeats=1, warmup=0)
-    at16 = [count_macs(pair[k].model, (1, 3, 16, 16)) for k in ("reference", "pruned")]
-    assert at16[0] < count_macs(pair["reference"].model)  # a quarter of the pixels: fewer MACs than at 32×32
+    at16 = [count_conv_linear_macs(pair[k].model, (1, 3, 16, 16)) for k in ("reference", "pruned")]
+    assert at16[0] < count_conv_linear_macs(
+        pair["reference"].model
+    )  # a quarter of the pixels: fewer MACs than at 32×32
     assert row["macs_ratio"] == at16[0] / at16[1] and row["speedup"] > 0
 
 
@@ -221,7 +223,7 @@ def test_smaller_images_are_exported_timed_and_counted_at_their_own_size() -> No
 
 def macs_latency(model: nn.Module) -> float:
     """A deterministic stand-in for a measured latency, falling with the MACs as a measured one does."""
-    return count_macs(model) / 1e6
+    return count_conv_linear_macs(model) / 1e6
 
 
 def test_latency_budget_picks_the_smallest_grid_ratio_that_meets_it() -> None:
@@ -296,7 +298,7 @@ def test_export_stage_writes_checked_onnx_files_and_speed_metrics(project, capsy
     meta = {p.key: p.value for p in onnx.load(project / "models/exported/finetuned_0.5.onnx").metadata_props}
     assert meta["padded_to"] == "8" and json.loads(meta["padded_cfg"]) == padded.cfg != finetuned.cfg
     assert json.loads(meta["cfg"]) == finetuned.cfg
-    assert tuned["onnx_macs"] == count_macs(padded) > tuned["macs"] == count_macs(finetuned)
+    assert tuned["onnx_macs"] == count_conv_linear_macs(padded) > tuned["macs"] == count_conv_linear_macs(finetuned)
     assert tuned["max_abs_diff"] <= 1e-4 and 0 <= tuned["onnx_test_acc"] <= 1
     assert tuned["macs_ratio"] == metrics["unpruned"]["macs"] / tuned["macs"] > 1
     for b in (1, 8):

@@ -12,8 +12,9 @@ from torch import nn
 from netslim.measure import (
     channels_per_layer,
     compare_models,
-    count_macs,
+    count_conv_linear_macs,
     count_params,
+    count_thop_macs,
     flops_from_macs,
     interleaved_seconds,
     interleaved_throughput,
@@ -34,26 +35,50 @@ def test_count_params_is_the_sum_of_numels() -> None:
     assert count_params(tiny_net()) == 3 * 8 * 9 + 8192 * 10 + 10
 
 
+def bn_pool_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
 @pytest.mark.parametrize("batch", [1, 3])
-def test_count_macs_of_a_tiny_conv_net_is_the_hand_computed_value(batch: int) -> None:
-    conv = 8 * 32 * 32 * (3 * 3 * 3)  # one MAC per output element per (input channel x kernel tap)
-    linear = 8 * 32 * 32 * 10
-    assert count_macs(tiny_net(), (batch, 3, 32, 32)) == conv + linear == 303_104  # per image
+def test_conv_linear_macs_of_a_small_net_are_the_hand_computed_value(batch: int) -> None:
+    conv = 8 * 32 * 32 * (3 * 3 * 3)  # output elements × (in_channels × kernel) each
+    linear = 8 * 10
+    assert count_conv_linear_macs(bn_pool_net(), (batch, 3, 32, 32)) == conv + linear == 221_264  # per image
 
 
-def test_count_macs_leaves_the_model_unmodified() -> None:
+@pytest.mark.parametrize("batch", [1, 3])
+def test_thop_macs_add_four_per_batchnorm_element_and_the_average_pool(batch: int) -> None:
+    batchnorm = 4 * 8 * 32 * 32
+    pool = 8 * (32 * 32 + 1)  # thop: the window's elements plus one per output element
+    assert count_thop_macs(bn_pool_net(), (batch, 3, 32, 32)) == 221_264 + batchnorm + pool
+
+
+@pytest.mark.parametrize("count", [count_conv_linear_macs, count_thop_macs])
+def test_counting_macs_leaves_the_model_unmodified(count: Callable[[nn.Module], int]) -> None:
     model = build_model("vgg19", width=0.125).train()
     keys = list(model.state_dict())
-    count_macs(model)
+    count(model)
     assert list(model.state_dict()) == keys  # thop's total_ops/total_params buffers went to the copy
-    assert model.training
+    assert model.training and next(model.parameters()).device.type == "cpu"
     assert not any(m._forward_hooks for m in model.modules())
 
 
-def test_flops_are_twice_the_macs() -> None:
-    assert flops_from_macs(303_104) == 606_208
-    summary = model_summary(tiny_net())
-    assert summary == {"params": count_params(tiny_net()), "macs": 303_104, "flops": 606_208}
+def test_summary_flops_are_twice_the_conv_linear_macs_and_thop_macs_sit_beside_them() -> None:
+    assert flops_from_macs(221_264) == 442_528
+    summary = model_summary(bn_pool_net())
+    assert summary == {
+        "params": count_params(bn_pool_net()),
+        "macs": 221_264,
+        "flops": 442_528,
+        "thop_macs": count_thop_macs(bn_pool_net()),
+    }
 
 
 def test_channels_per_layer_lists_prunable_bns() -> None:

@@ -314,6 +314,24 @@ def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> 
     assert "pruned 90% + fine-tuned: 91.2% (-0.8 points against unpruned (λ = 0))" in text
 
 
+SUBSUMED = {"0.5": {"test_acc_recalibrated": 0.8, "test_acc_compensated_recalibrated": 0.8}}
+
+
+def test_the_pruning_table_notes_that_both_repairs_equal_recalibration_when_every_model_scores_the_same() -> None:
+    config = make_config(Path("/tmp"))
+    (note,) = report.compensation_subsumed(SUBSUMED, config)
+    assert "by construction" in note and "`prune.bias_compensation: true` changes nothing" in note
+    recalibration_off = dataclasses.replace(config, prune=dataclasses.replace(config.prune, recalibration_batches=0))
+    (note,) = report.compensation_subsumed(SUBSUMED, recalibration_off)
+    assert "by construction" in note and "changes nothing" not in note  # the saved model is compensated only
+
+
+def test_the_pruning_table_has_no_such_note_when_a_model_scores_differently_with_both() -> None:
+    differing = SUBSUMED | {"0.9": {"test_acc_recalibrated": 0.5, "test_acc_compensated_recalibrated": 0.51}}
+    assert report.compensation_subsumed(differing, make_config(Path("/tmp"))) == []
+    assert report.compensation_subsumed({}, make_config(Path("/tmp"))) == []
+
+
 def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_the_export_ran() -> None:
     from matplotlib.figure import Figure
 

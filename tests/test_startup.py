@@ -20,7 +20,7 @@ HEAVY |= {"pandas", "matplotlib", "thop"}
 STAGES = {
     "prepare": ([], {"torch"}),
     "train": (["--lambda", "0"], {"torch"}),
-    "prune": (["--ratio", "0.5"], {"torch", "thop"}),  # MACs are counted by thop
+    "prune": (["--ratio", "0.5"], {"torch", "thop"}),  # thop_macs are counted by thop
     "finetune": (["--ratio", "0.5"], {"torch", "thop"}),
     "export": ([], {"torch", "thop", "onnx", "onnxruntime"}),
     "report": ([], {"pandas", "matplotlib"}),  # reads CSV and JSON: no torch

@@ -14,7 +14,7 @@ from netslim.data import PreparedData, Split
 from netslim.models import build_model, prunable_batchnorms
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import finetune
-from netslim.steps.prune import VARIANTS, prune_configured, prune_step
+from netslim.steps.prune import VARIANTS, prune_by, prune_configured, prune_step, pruned_variants
 from netslim.steps.train import sparse_fingerprint, sparsity_train
 
 PACKAGE = ROOT / "src" / "netslim"
@@ -91,6 +91,22 @@ def test_the_search_prunes_the_model_the_prune_stage_saves(tiny_data):
     assert {f"test_acc_{name}" for name in VARIANTS} <= metrics.keys()
     assert metrics["test_acc_before_finetune"] == metrics["test_acc_compensated_recalibrated"]
     assert {"speedup_b1", "speedup_b64", "throughput_b64_unpruned", "macs_ratio"} <= metrics.keys()
+
+
+def test_bias_compensation_changes_nothing_once_recalibration_re_estimates_the_running_means(tiny_data):
+    config = replace(CONFIG, prune=replace(CONFIG.prune, recalibration_batches=2))
+    sparse = _random_gamma_model()
+    variants = pruned_variants(sparse, tiny_data, config, CPU, prune_by(sparse, config, 0.5, tiny_data.image_shape))
+    both, recalibrated = (variants[k].model.state_dict() for k in ("compensated_recalibrated", "recalibrated"))
+    assert both.keys() == recalibrated.keys() and all(torch.equal(both[k], recalibrated[k]) for k in both)
+
+
+def test_the_prune_step_reports_conv_linear_macs_with_thops_count_beside_them(tiny_data):
+    metrics = prune_step(_random_gamma_model(), tiny_data, CONFIG, CPU, 0.5).metrics()
+    assert metrics["macs_ratio"] == metrics["macs_unpruned"] / metrics["macs"] > 1
+    assert metrics["flops"] == 2 * metrics["macs"]
+    # thop adds BatchNorm and the average pool, which the conv + linear count leaves out
+    assert metrics["thop_macs"] > metrics["macs"] and metrics["thop_macs_unpruned"] > metrics["macs_unpruned"]
 
 
 def test_sparsity_training_is_seeded_by_the_config_and_finetuning_keeps_the_best_epoch(tiny_data):

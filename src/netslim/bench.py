@@ -41,7 +41,7 @@ from netslim.config import Config, ConfigError, TrackingConfig
 from netslim.data import PreparedData, Split, normalize
 from netslim.engine import FitSettings, epoch_generator, make_optimizer, resolve_device, train_one_epoch
 from netslim.io import atomic_write_text, write_json
-from netslim.measure import count_macs, forward_runner, interleaved_seconds, synchronizer
+from netslim.measure import count_conv_linear_macs, forward_runner, interleaved_seconds, synchronizer
 from netslim.models import ARCHITECTURES, build_model, memory_format, prunable_batchnorms
 from netslim.slimming.sparsity import add_l1_subgradient
 from netslim.slimming.surgery import prune
@@ -349,7 +349,7 @@ def measure_inference(s: BenchSettings, config: Config, device: torch.device) ->
     """Figure 3: per-image time of the unpruned vs each pruned model, interleaved, at batch 1 and 64."""
     reference = random_gamma_model(s)
     models = {"unpruned": reference} | {f"pruned_{r:g}": prune(reference, ratio=r).model.eval() for r in PRUNE_RATIOS}
-    macs = {name: count_macs(m) for name, m in models.items()}
+    macs = {name: count_conv_linear_macs(m) for name, m in models.items()}
     switches = {"amp": config.runtime.amp, "channels_last": config.runtime.channels_last}
     rows = []
     for batch in INFERENCE_BATCHES:

@@ -28,7 +28,7 @@ from torch import fx, nn
 from netslim.config import PruneConfig
 from netslim.data import Split, normalize
 from netslim.io import atomic_write_bytes
-from netslim.measure import IMAGE_SHAPE, count_macs, interleaved_seconds, interleaved_throughput
+from netslim.measure import IMAGE_SHAPE, count_conv_linear_macs, interleaved_seconds, interleaved_throughput
 from netslim.models import memory_format, unwrap
 from netslim.registry import architecture
 from netslim.slimming.surgery import prune, ratio_for_budget
@@ -352,7 +352,7 @@ def speed_rows(
     the export gains for the pruned model; `channels_last` is the eager runs' layout (`runtime.channels_last`).
     """
     size = (1, *input_shape(reference.session))
-    macs_ratio = count_macs(reference.model, size) / count_macs(pruned.model, size)
+    macs_ratio = count_conv_linear_macs(reference.model, size) / count_conv_linear_macs(pruned.model, size)
     restore = _threads(threads)
     rows = []
     try:

@@ -1,10 +1,11 @@
 """What a model costs: parameters, MACs/FLOPs per image, and measured throughput.
 
-MACs (multiply-accumulates) are counted by thop; FLOPs are reported as 2 × MACs. thop also counts BatchNorm (4 per
-element) and the average pool; `count_conv_linear_macs` counts only the multiply-accumulates of convolutions and
-linear layers, exactly, from their shapes (what torch.utils.flop_counter counts, halved). Both names are spelled out
-everywhere, because papers use "FLOPs" for either. Throughput is images per second in eval mode under
-torch.inference_mode, so that a pruned model's realised speedup can sit next to its MACs ratio.
+MACs (multiply-accumulates) are those of the convolutions and linear layers, counted exactly from their shapes by
+`count_conv_linear_macs` (what torch.utils.flop_counter counts, halved); FLOPs are reported as 2 × MACs. thop's count
+(`count_thop_macs`, reported as `thop_macs`) also adds each BatchNorm element 4 times and the average pool, which
+shrink less than the convolutions when channels are pruned, so its ratios understate pruning's. Both names (MACs,
+FLOPs) are spelled out everywhere, because papers use "FLOPs" for either. Throughput is images per second in eval
+mode under torch.inference_mode, so that a pruned model's realised speedup can sit next to its MACs ratio.
 
 One timing policy for every speed figure (prune's speedups, which the report shows, and `netslim bench`):
 - one timer, `interleaved_seconds`, which times any callables (an eager model, an ONNX Runtime session) in turn, so
@@ -33,8 +34,8 @@ __all__ = [
     "channels_per_layer",
     "compare_models",
     "count_conv_linear_macs",
-    "count_macs",
     "count_params",
+    "count_thop_macs",
     "flops_from_macs",
     "forward_runner",
     "interleaved_seconds",
@@ -51,8 +52,9 @@ def _first_tensor(model: nn.Module) -> torch.Tensor:
     return torch.empty(0) if param is None else param
 
 
-def count_macs(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE)) -> int:
-    """Multiply-accumulates per image of one forward pass, counted by thop.
+def count_thop_macs(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE)) -> int:
+    """Multiply-accumulates per image of one forward pass as thop counts them: convolutions and linear layers, plus
+    4 per BatchNorm element and the average pool.
 
     Args:
         model: left untouched; thop registers buffers and hooks, so a deep copy is profiled.
@@ -105,8 +107,14 @@ def channels_per_layer(model: nn.Module) -> dict[str, int]:
 
 
 def model_summary(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE)) -> dict[str, int]:
-    macs = count_macs(model, input_size)
-    return {"params": count_params(model), "macs": macs, "flops": flops_from_macs(macs)}
+    """Params, conv + linear MACs, FLOPs (2 × those MACs) and thop's MACs (BatchNorm and pooling included)."""
+    macs = count_conv_linear_macs(model, input_size)
+    return {
+        "params": count_params(model),
+        "macs": macs,
+        "flops": flops_from_macs(macs),
+        "thop_macs": count_thop_macs(model, input_size),
+    }
 
 
 def synchronizer(device: torch.device) -> Callable[[], None] | None:
@@ -271,8 +279,8 @@ def compare_models(
         batch_sizes: one interleaved throughput measurement of both models per batch size.
         amp, channels_last: bf16 autocast on CUDA (`runtime.amp`), NHWC on any device (`runtime.channels_last`).
 
-    `speedup` is the measured pruned/reference throughput; `macs_ratio` (reference MACs / pruned MACs) is the
-    speedup the MACs alone promise, so the two can be compared directly.
+    `speedup` is the measured pruned/reference throughput; `macs_ratio` (reference MACs / pruned MACs, conv + linear)
+    is the speedup the MACs alone promise, so the two can be compared directly.
     """
     before, after = model_summary(reference, (1, *image_shape)), model_summary(pruned, (1, *image_shape))
     macs_ratio = before["macs"] / after["macs"]

@@ -602,8 +602,8 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
         "## Exported models (ONNX Runtime)",
         f"Each model exported to ONNX (opset {opset}, BatchNorm folded into its conv) and timed in ONNX Runtime "
         f"with {threads} threads, interleaved with the exported unpruned model; eager PyTorch, with as many threads, "
-        f"likewise, in rounds of its own.{padding} *of MACs ratio* is how much of the promised speedup the export "
-        "realises.",
+        f"likewise, in rounds of its own.{padding} *MACs ratio* and *MACs run* count conv + linear MACs; *of MACs "
+        "ratio* is how much of the promised speedup the export realises.",
         markdown_table(header, cells),
     ]
     rows = {k: v for k, v in widths.items() if isinstance(v, Mapping)}
@@ -744,6 +744,24 @@ def _gamma_shares(inputs: ReportInputs) -> dict[str, tuple[float, float]]:
     return out
 
 
+def compensation_subsumed(prune_metrics: Mapping[str, Mapping[str, Any]], config: Config) -> list[str]:
+    """A note under the pruning table where "+ both" scores what "+ BN recalibration" scores (none where any model
+    differs): bias compensation is folded into the next BatchNorm's running mean, which recalibration re-estimates."""
+    pairs = [
+        (number(m, "test_acc_recalibrated"), number(m, "test_acc_compensated_recalibrated"))
+        for m in prune_metrics.values()
+    ]
+    if not pairs or any(a is None or a != b for a, b in pairs):
+        return []
+    note = (
+        "*+ both* equals *+ BN recalibration* by construction: bias compensation is folded into the next "
+        "BatchNorm's running mean, which recalibration then re-estimates from data, so the two models are the same."
+    )
+    if config.prune.bias_compensation and config.prune.recalibration_batches > 0:
+        note += " With recalibration on, `prune.bias_compensation: true` changes nothing in the saved model."
+    return [note]
+
+
 def pruning_text(inputs: ReportInputs) -> str:
     """One sentence per pruned model: what each repair after surgery bought, against the sparse model."""
     lines = []
@@ -871,7 +889,9 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         _settings(inputs, config),
         "## Models",
         _comparison(list(rows.values())),
-        "Accuracy is on the test set (best validation epoch). MACs are per image; FLOPs = 2 × MACs. A sparse model "
+        "Accuracy is on the test set (best validation epoch). MACs are per image, the multiply-accumulates of the "
+        "convolutions and linear layers (`macs`); FLOPs = 2 × MACs. thop's count, which also adds 4 per BatchNorm "
+        "element and the average pool, is `thop_macs` in the stages' metrics.json files. A sparse model "
         "is the unpruned architecture trained with the L1 penalty of its λ; the pruned models come from the one of "
         f"λ = {config.prune.lambda_}. Speed is not in this table: each pruned model is timed in a measurement of its "
         "own, interleaved with the unpruned model (Speed, below), and throughputs of different measurements do not "
@@ -882,9 +902,11 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         f"statistics re-estimated on {config.prune.recalibration_batches or 1} training batches (BN recalibration); "
         "and with both. In bold the model that was saved and fine-tuned.",
         _pruning(inputs.prune_metrics, saved_repair(config)),
+        *compensation_subsumed(inputs.prune_metrics, config),
         pruning_text(inputs),
         "## Speed",
-        "The speedup the MACs promise (MACs ratio) next to the speedup measured by the prune stage in eager PyTorch, "
+        "The speedup the MACs promise (MACs ratio, of conv + linear MACs) next to the speedup measured by the prune "
+        "stage in eager PyTorch, "
         "each pruned model timed interleaved with the unpruned model in one measurement (its images/s shown with "
         "it); fine-tuning keeps the architecture, so the fine-tuned model runs as fast:",
         _speed(inputs.prune_metrics),

@@ -42,7 +42,7 @@ from netslim.export import (
 )
 from netslim.io import load_checkpoint, stage_outputs, write_metrics
 from netslim.layout import Layout
-from netslim.measure import count_macs, model_summary
+from netslim.measure import count_conv_linear_macs, model_summary
 from netslim.models import count_params, model_from_checkpoint
 from netslim.steps.prune import prune_configured
 
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 "max_abs_diff": check_matches(name, model, deployable.session, check_images, e.atol),
                 "onnx_test_acc": onnx_accuracy(deployable.session, data.test, data.mean, data.std),
                 "onnx_bytes": proto.ByteSize(),
-                "onnx_macs": count_macs(graph, size),  # what the exported graph computes, padding included
+                "onnx_macs": count_conv_linear_macs(graph, size),  # what the exported graph computes, padding included
             } | model_summary(model, size)
         reference = exported[UNPRUNED][1]
         for name, (_, deployable) in exported.items():

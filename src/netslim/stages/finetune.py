@@ -90,6 +90,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             "num_params": summary["params"],
             "macs": summary["macs"],
             "flops": summary["flops"],
+            "thop_macs": summary["thop_macs"],
             "meets_constraints": config.constraints.met_by(best["test_acc"], summary["params"]),
         }
         run.save_model(

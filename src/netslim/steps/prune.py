@@ -201,6 +201,8 @@ def speed_metrics(speed: dict[str, Any]) -> dict[str, float]:
         "macs_unpruned": speed["reference"]["macs"],
         "flops": speed["pruned"]["flops"],
         "flops_unpruned": speed["reference"]["flops"],
+        "thop_macs": speed["pruned"]["thop_macs"],
+        "thop_macs_unpruned": speed["reference"]["thop_macs"],
         "params_ratio": speed["params_ratio"],
         "macs_ratio": speed["macs_ratio"],
     }
