@@ -32,7 +32,7 @@ from netslim.config import Config
 from netslim.data import PreparedData
 from netslim.engine import FitSettings, evaluate
 from netslim.layout import Layout
-from netslim.measure import count_conv_linear_macs, count_macs, forward_runner, interleaved_throughput
+from netslim.measure import count_conv_linear_macs, count_thop_macs, forward_runner, interleaved_throughput
 from netslim.models import build_model, count_params, load_model
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
 from netslim.slimming.surgery import PruneResult, prune_model, smallest_ratio_for_index
@@ -238,7 +238,7 @@ def sweep(study: Study) -> dict[str, Any]:
         "channels_removed": 0.0,
         "params": count_params(study.sparse),
         "macs": study.macs(study.sparse),
-        "thop_macs": count_macs(study.sparse, (1, *study.data.image_shape)),
+        "thop_macs": count_thop_macs(study.sparse, (1, *study.data.image_shape)),
         "test_acc_pruned": study.evaluate(study.sparse),
         "test_acc_finetuned": None,
     }
@@ -250,7 +250,7 @@ def sweep(study: Study) -> dict[str, Any]:
                 "channels_removed": result.channels_removed,
                 "params": result.params_after,
                 "macs": study.macs(result.model),
-                "thop_macs": count_macs(result.model, (1, *study.data.image_shape)),
+                "thop_macs": count_thop_macs(result.model, (1, *study.data.image_shape)),
                 "test_acc_pruned": study.evaluate(result.model),
                 "test_acc_finetuned": None,
             }
