@@ -81,7 +81,9 @@ def test_torchrun_two_ranks_train_identical_weights_and_write_one_set_of_outputs
     assert differing == [], f"ranks ended with different tensors: {differing[:5]}"
 
     written = _files(project) - before
+    # rank 0's stage lock stays as an empty file (a lock is an flock on it, held only while the stage runs)
     assert written == {
+        ".netslim/state/train-1e-4.lock",
         "models/sparse/1e-4/best.pt",
         "models/sparse/1e-4/last.pt",
         "reports/train/1e-4/history.csv",
