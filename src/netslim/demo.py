@@ -108,9 +108,9 @@ def run_interruptible(cmd: list[str], env: dict[str, str]) -> tuple[int, int | N
     return code, (received[0] if received else None)
 
 
-def _git(*args: str, stdin: str | None = None) -> str | None:
+def _git(*args: str) -> str | None:
     """git's output, or None outside a git checkout (the demo also runs from an unpacked archive)."""
-    result = subprocess.run(["git", *args], capture_output=True, text=True, input=stdin, check=False)
+    result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
     return result.stdout.strip() if result.returncode == 0 else None
 
 
