@@ -47,6 +47,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+# The optional pipelines as committed (out of DVC's sight) and the dvc.yaml that `make search` / `make study` copy
+# them to before running them.
+OPTIONAL_PIPELINES = {"search/dvc.yaml": "search/stages.yaml", "studies/dvc.yaml": "studies/stages.yaml"}
+
+
+def committed_stage_file(dvc_file: str) -> Path:
+    """The committed file behind a pipeline file DVC reads: dvc.yaml itself, or an optional pipeline's stages.yaml."""
+    return ROOT / OPTIONAL_PIPELINES.get(dvc_file, dvc_file)
+
+
 def committed_text(relative: str) -> str:
     """A project file as committed (HEAD), not as the workspace has it: `make demo`, an experiment or a user's
     edit may change params.yaml in the workspace, and no test may depend on that. Outside a git checkout (an

@@ -36,7 +36,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, committed_stage_file
 from netslim import cli, config
 from netslim.registry import ENTRIES
 from test_pipeline import DVC
@@ -294,7 +294,9 @@ def check(stages: list[Stage]) -> Gaps:
 
 def project_stages() -> list[Stage]:
     return [
-        s for f in ("dvc.yaml", "search/dvc.yaml", "studies/dvc.yaml") for s in stages_of((ROOT / f).read_text(), f)
+        s
+        for f in ("dvc.yaml", "search/dvc.yaml", "studies/dvc.yaml")
+        for s in stages_of(committed_stage_file(f).read_text(), f)
     ]
 
 
@@ -347,7 +349,7 @@ def test_code_no_stage_function_mentions_is_not_counted() -> None:
 
 @pytest.mark.parametrize("dvc_file", ["dvc.yaml", "search/dvc.yaml", "studies/dvc.yaml"])
 def test_every_code_dep_exists(dvc_file: str) -> None:
-    for stage in stages_of((ROOT / dvc_file).read_text(), dvc_file):
+    for stage in stages_of(committed_stage_file(dvc_file).read_text(), dvc_file):
         missing = [d for d in stage.deps if d.startswith("src/") and not (ROOT / d).exists()]
         assert not missing, f"{stage.name}: {missing}"
 

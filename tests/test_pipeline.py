@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_process, tiny_params, write_params
+from conftest import OPTIONAL_PIPELINES, ROOT, committed_stage_file, run_process, tiny_params, write_params
 from netslim.ci_report import MARKER
 from netslim.config import read_yaml
 from test_ci_report import cell_number, close, table_rows
@@ -51,6 +51,10 @@ def project(tmp_path_factory) -> Path:
     repo.mkdir()
     fmnist = write_fashion_mnist(tmp / "fmnist")
     shutil.copy(ROOT / "dvc.yaml", repo)
+    # the optional pipelines as the repository commits them: DVC must not list them before they are run
+    for committed in (*OPTIONAL_PIPELINES.values(), "studies/params.yaml"):
+        (repo / committed).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / committed, repo / committed)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = tiny_params(tmp, fmnist, prune={"ratios": [0.5, 0.9]})
     write_params(repo / "params.yaml", params)
@@ -347,8 +351,7 @@ def test_a_tiny_search_after_the_pipeline_writes_best_json_trials_csv_and_plots(
     """`make search` (`dvc repro search/dvc.yaml`) on the reproduced workspace, as a user runs it after `make demo`."""
     from netslim.search import FIGURES, METRIC
 
-    (project / "search").mkdir()
-    shutil.copy(ROOT / "search" / "dvc.yaml", project / "search" / "dvc.yaml")
+    shutil.copy(committed_stage_file("search/dvc.yaml"), project / "search" / "dvc.yaml")  # as `make search` does
     assert ran_stages(run([DVC, "repro", "search/dvc.yaml"], project)) == {"search/dvc.yaml:search"}
     out = project / "reports" / "search"
     for name in ("best.json", "trials.csv", *FIGURES):

@@ -25,7 +25,16 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import ROOT, committed_params, run_process, seed_params, tiny_params, write_fashion_mnist, write_params
+from conftest import (
+    ROOT,
+    committed_params,
+    committed_stage_file,
+    run_process,
+    seed_params,
+    tiny_params,
+    write_fashion_mnist,
+    write_params,
+)
 from netslim.cli import main
 from netslim.config import load_config, read_yaml
 from netslim.search import (
@@ -319,7 +328,7 @@ def test_search_stage_runs_only_when_its_dvc_yaml_is_named(tmp_path, fmnist_dir)
     root_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     # Only the root's prepare stage: the other root stages are not what is being tested here.
     write_params(repo / "dvc.yaml", {"stages": {"prepare": root_stages["stages"]["prepare"]}})
-    shutil.copy(ROOT / "search/dvc.yaml", repo / "search/dvc.yaml")
+    shutil.copy(committed_stage_file("search/dvc.yaml"), repo / "search/dvc.yaml")  # as `make search` does
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = tiny_params(tmp_path, fmnist_dir, data={"val_size": 32}, search=ONE_LAMBDA, constraints=EASY)
     write_params(repo / "params.yaml", params)

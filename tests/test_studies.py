@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import ROOT, tiny_params, write_params
+from conftest import ROOT, committed_stage_file, tiny_params, write_params
 from netslim.config import ConfigError, config_from_dict
 from netslim.data import normalize
 from netslim.engine import FitSettings, distillation_loss, fit
@@ -132,7 +132,7 @@ def test_the_studies_pipeline_runs_end_to_end_on_a_tiny_project(tmp_path, fmnist
     repo = tmp_path / "repo"
     (repo / "studies").mkdir(parents=True)
     shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copy(ROOT / "studies/dvc.yaml", repo / "studies")
+    shutil.copy(committed_stage_file("studies/dvc.yaml"), repo / "studies/dvc.yaml")  # as `make study` does
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     write_params(repo / "params.yaml", tiny_params(tmp_path, fmnist_dir, prune={"lambda": "1e-4"}))
     tiny_study = yaml.safe_load((ROOT / "studies/params.yaml").read_text())["studies"] | {
