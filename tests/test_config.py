@@ -41,6 +41,7 @@ def test_a_vgg_run_needs_one_changed_key(tmp_path):
         ({"prune": {"round_to": 0}}, "prune.round_to: 0"),
         ({"prune": {"target_latency_ms": -2.0}}, "prune.target_latency_ms: -2.0"),
         ({"export": {"threads": 0}}, "export.threads: 0"),
+        ({"runtime": {"threads": 0}}, "runtime.threads: 0"),
         ({"export": {"batch_sizes": [1, 0]}}, "export.batch_sizes: 0"),
         ({"export": {"atol": 0.0}}, "export.atol: 0.0"),
         ({"export": {"compare_round_to": 1}}, "export.compare_round_to: 1"),
@@ -97,3 +98,17 @@ def test_an_unquoted_lambda_is_refused_because_dvc_would_read_it_as_another_numb
     unquoted.write_text(text)
     with pytest.raises(ConfigError, match=r'train\.lambdas\[0\]: .0\.01. must be written as the quoted label "1e-2"'):
         load_config(unquoted)
+
+
+def test_runtime_threads_sizes_the_torch_of_the_stage_process(tmp_path):
+    """`netslim <stage>` sets OMP_NUM_THREADS from runtime.threads before the stage imports torch."""
+    import subprocess
+    import sys
+
+    params = committed_params(tmp_path)
+    code = (
+        "import sys; from netslim import cli; from netslim.config import load_config; "
+        "cli.use_threads(load_config(sys.argv[1]).runtime.threads); import torch; print(torch.get_num_threads())"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(params)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(load_config(params).runtime.threads) == "1"

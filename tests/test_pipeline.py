@@ -56,7 +56,8 @@ def project(tmp_path_factory) -> Path:
         (repo / committed).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / committed, repo / committed)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = tiny_params(tmp, fmnist, prune={"ratios": [0.5, 0.9]})
+    # one thread a stage, as params.yaml runs the demo: the demo's side-by-side stages must equal this `dvc repro`
+    params = tiny_params(tmp, fmnist, prune={"ratios": [0.5, 0.9]}, runtime={"threads": 1})
     write_params(repo / "params.yaml", params)
     run(["git", "init", "-q"], repo)
     run([DVC, "init", "-q"], repo)
@@ -255,6 +256,59 @@ def test_the_demo_reproduces_params_yaml_as_a_named_experiment_and_leaves_dvc_st
     assert any(re.fullmatch(r"demo-\d{8}-\d{6}", name) for name in names), names
     assert "Data and pipelines are up to date." in run([DVC, "status"], project)
     assert run(["git", "diff", "--cached", "--name-only"], project).strip() == ""
+
+
+STAGE_LINE = re.compile(r"^(\S+)\s+\| (started|finished)")
+
+
+def running_side_by_side(demo: subprocess.Popen, lines: list[str]) -> set[str]:
+    """Read the demo's lines until two stages run at once; those stages (empty if the demo ended first)."""
+    running: set[str] = set()
+    for line in demo.stdout:
+        lines.append(line)
+        if match := STAGE_LINE.match(line):
+            stage, event = match.groups()
+            (running.add if event == "started" else running.discard)(stage)
+            if len(running) == 2:
+                return running
+    return set()
+
+
+def test_the_demo_runs_independent_stages_side_by_side_stops_them_together_and_equals_dvc_repro(project, tmp_path):
+    """`make demo` on a fresh clone of the reproduced project: nothing cached, every stage runs, two at once (one
+    thread each, on a machine of two or more CPUs). Ctrl-C stops both; the next demo finishes, equal to the digit to
+    the fixture's one-after-another `dvc repro` of the same params."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: the demo runs one stage at a time (runtime.threads: 1)")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "reproduced"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "netslim.demo"],
+        cwd=clone,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    both = running_side_by_side(demo, lines)
+    assert len(both) == 2 and any(s.startswith("train@") for s in both), "".join(lines)
+    time.sleep(2)  # into their work
+    os.killpg(demo.pid, signal.SIGINT)
+    lines.append(demo.stdout.read())
+    assert demo.wait(timeout=120) == 128 + signal.SIGINT, "".join(lines)
+    assert processes_in(clone) == [], "no stage outlives the demo"
+    assert run(["git", "diff", "--cached", "--name-only"], clone).strip() == ""
+
+    run([sys.executable, "-m", "netslim.demo"], clone)
+
+    assert "Data and pipelines are up to date." in run([DVC, "status"], clone)
+    metrics = sorted(p.relative_to(project) for p in (project / "reports" / "metrics").glob("*.json"))
+    assert {"pruned_0.5", "pruned_0.9", "finetuned_0.5", "finetuned_0.9"} <= {p.stem for p in metrics}, metrics
+    for path in metrics:
+        assert json.loads((clone / path).read_text()) == json.loads((project / path).read_text()), path
 
 
 def test_a_profile_runs_as_its_own_named_experiment_and_only_what_it_changes_reruns(project):

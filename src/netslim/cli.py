@@ -180,6 +180,19 @@ def stage_parser(name: str, module) -> argparse.ArgumentParser:
     return parser
 
 
+def use_threads(threads: int | None) -> None:
+    """runtime.threads: this process's CPU threads (`make demo` runs stages side by side, one thread each).
+
+    Set before the stage imports torch, which sizes its thread pool from OMP_NUM_THREADS (processes the stage starts
+    inherit it); a torch already imported (a stage called in-process) is told directly.
+    """
+    if threads is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             # params first: a bad key or value is reported before the stage's imports (torch: seconds) are paid for.
             common, _ = common_parser().parse_known_args(argv[1:])
             config = load_config(common.params, parse_overrides(common.set))
+            use_threads(config.runtime.threads)
         module = importlib.import_module(STAGES[argv[0]][0])  # only the chosen stage's imports are paid for
         args = stage_parser(argv[0], module).parse_args(argv[1:])
         args.stage = argv[0]

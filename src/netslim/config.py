@@ -213,7 +213,8 @@ class ConstraintsConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How to run, not what to compute: none of it changes the results' meaning."""
+    """How to run, not what to compute: none of it changes the results' meaning (threads and amp change the last
+    bits: sums taken in another order)."""
 
     amp: bool = True  # bf16 autocast on CUDA; always fp32 on the CPU
     channels_last: bool = True  # NHWC memory layout, on the CPU and CUDA
@@ -221,6 +222,7 @@ class RuntimeConfig:
     sync_bn: bool = False  # SyncBatchNorm under DDP
     eval_batch_size: int = 1024
     throughput_repeats: int = 5  # timed batches per measurement
+    threads: int | None = None  # intra-op CPU threads per stage process; None = torch's default (OMP_NUM_THREADS)
 
 
 MODEL_STAGES = ("train", "prune", "finetune")  # the stages that have a model of their own to log
@@ -528,6 +530,10 @@ def validate(c: Config) -> None:
         )
     _require(c.runtime.eval_batch_size >= 1, f"runtime.eval_batch_size: {c.runtime.eval_batch_size} must be >= 1")
     _require(c.runtime.throughput_repeats >= 1, "runtime.throughput_repeats: must be >= 1")
+    _require(
+        c.runtime.threads is None or c.runtime.threads >= 1,
+        f"runtime.threads: {c.runtime.threads} must be >= 1, or null for torch's default",
+    )
     s = c.search
     _require(s.n_trials >= 1, f"search.n_trials: {s.n_trials} must be >= 1")
     _require(0 < s.lambda_min < s.lambda_max, "search.lambda_min/lambda_max: need 0 < lambda_min < lambda_max")

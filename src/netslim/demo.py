@@ -6,11 +6,15 @@ has nothing to say. `make seed` applies profiles/seed.yaml on top (`dvc exp run 
 "seed-<UTC time>" and leaves the workspace as DVC leaves any experiment: params.yaml, dvc.lock and the outputs are
 the seed's until `git checkout params.yaml dvc.lock && dvc checkout` (or `dvc exp apply`) brings another back.
 
-Ctrl-C or a kill reaches this process, not DVC: DVC runs in a process group of its own and is handed a SIGINT, which
-DVC passes to the running stage (it ignores SIGINT itself while a stage runs). The stage ends where it is (training
-keeps its last epoch for `--resume`), DVC records nothing for it and releases its lock, and only a group that
-outlives `GRACE_SECONDS` is terminated, then killed. git's index and params.yaml are then put back as they were, so
-the next `make demo` starts cleanly and reuses every stage that had finished.
+With runtime.threads set and CPUs for more than one stage, the stages that need to run are first run side by side
+(netslim.parallel_repro), each by a `dvc repro` of its own; `dvc exp run` then finds them done and records the
+experiment. An experiment with overrides (a profile, -S) runs its stages one after another inside `dvc exp run`.
+
+Ctrl-C or a kill reaches this process, not DVC: each DVC runs in a process group of its own and is handed a SIGINT,
+which DVC passes to the running stage (it ignores SIGINT itself while a stage runs). The stage ends where it is
+(training keeps its last epoch for `--resume`), DVC records nothing for it and releases its lock, and only a group
+that outlives parallel_repro.GRACE_SECONDS is terminated, then killed. git's index and params.yaml are then put back
+as they were, so the next `make demo` starts cleanly and reuses every stage that had finished.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from netslim.config import read_yaml
+from netslim.config import ConfigError, load_config, read_yaml
 from netslim.io import atomic_write_bytes
+from netslim.parallel_repro import plan, run_interruptible, run_side_by_side, workers_for
 
 PARAMS = Path("params.yaml")
-GRACE_SECONDS = 60.0  # a stage that ignores SIGINT this long is terminated (then killed 10 s later)
 
 
 def set_args(profile: Path) -> list[str]:
@@ -43,69 +47,6 @@ def set_args(profile: Path) -> list[str]:
 def experiment_name(prefix: str) -> str:
     """A name `dvc exp show` lists and sorts: the prefix and the UTC time, e.g. demo-20261205-0712."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member we may not signal is still a member
-        return True
-    return True
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def run_interruptible(cmd: list[str], env: dict[str, str]) -> tuple[int, int | None]:
-    """Run `cmd` in its own process group; a SIGINT or SIGTERM to us is passed on to it as SIGINT.
-
-    Returns (exit code, the signal received or None). Returns only once no process of the group is left, so no
-    stage outlives the demo and writes after it.
-    """
-    process = subprocess.Popen(cmd, env=env, start_new_session=True)
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        if not received:
-            print(f"\n{signal.Signals(signum).name}: stopping the running stage...", file=sys.stderr, flush=True)
-        received.append(signum)
-        _signal_group(process.pid, signal.SIGINT)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        first_signal: float | None = None
-        while True:
-            try:
-                code = process.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                if received and first_signal is None:
-                    first_signal = time.monotonic()
-                if first_signal is not None and time.monotonic() - first_signal > GRACE_SECONDS:
-                    _signal_group(process.pid, signal.SIGTERM)
-                    try:
-                        code = process.wait(timeout=10.0)
-                    except subprocess.TimeoutExpired:
-                        _signal_group(process.pid, signal.SIGKILL)
-                        code = process.wait()
-                    break
-        # a stage that DVC started may outlive DVC: end it too, and wait until it has, so nothing writes after us
-        if _group_alive(process.pid):
-            _signal_group(process.pid, signal.SIGTERM)
-            end = time.monotonic() + 10.0
-            while _group_alive(process.pid) and time.monotonic() < end:
-                time.sleep(0.1)
-            _signal_group(process.pid, signal.SIGKILL)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return code, (received[0] if received else None)
 
 
 def _git(*args: str) -> str | None:
@@ -129,13 +70,31 @@ def main(argv: list[str] | None = None) -> int:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     name = experiment_name(args.name)
     env = os.environ | {"NETSLIM_PIPELINE_ID": name, "PATH": path}
-    overrides = set_args(args.profile) if args.profile else []
-    cmd = ["dvc", "exp", "run", "-n", name, *overrides, *(word for s in args.set for word in ("-S", s))]
-    print("+", " ".join(cmd), flush=True)
+    overrides = [*(set_args(args.profile) if args.profile else []), *(word for s in args.set for word in ("-S", s))]
+    cmd = ["dvc", "exp", "run", "-n", name, *overrides]
+    try:
+        threads = load_config(PARAMS).runtime.threads
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     index = _git("write-tree")  # git's index as it is, to put back after an interrupt
     params = PARAMS.read_bytes()
 
-    code, interrupted = run_interruptible(cmd, env)
+    interrupted = None
+    workers = workers_for(threads)
+    if workers > 1 and not overrides:
+        # The stages first, side by side; `dvc exp run` then finds them done and records the experiment. Overrides
+        # are applied by `dvc exp run` itself, so an experiment with overrides runs its stages one after another.
+        pipeline = plan()
+        if pipeline.stages:
+            print(f"{len(pipeline.stages)} stages to run, {workers} at once, {threads} thread(s) each", flush=True)
+        failed, code, interrupted = run_side_by_side(pipeline, workers, env)
+        if failed is not None:
+            print(f"{args.name}: stage {failed} failed (exit {code}); its lines above say why", file=sys.stderr)
+            return code
+    if interrupted is None:
+        print("+", " ".join(cmd), flush=True)
+        code, interrupted = run_interruptible(cmd, env)
     if interrupted is not None:
         if index is not None:
             _git("read-tree", index)
