@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,3 +61,27 @@ def test_loading_and_validating_params_imports_no_torch(tmp_path):
     code = "import sys; from netslim.config import load_config; load_config(sys.argv[1]); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code, str(params)], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def _seconds_to_exit(cmd: list[str], cwd) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, capture_output=True, check=True, timeout=120)
+    return time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_a_training_stage_starts_working_about_as_soon_as_torch_is_imported(tmp_path):
+    """Start-up as a ratio measured in one run (this machine's load moves absolute times): the process start to the
+    train stage's run(), params loaded and validated, against a bare `import torch`, the least any stage pays. The
+    best of five interleaved runs each; a stage that starts importing mlflow, optuna or the export's ONNX stack
+    before its work (each a second or more here) breaks the bound."""
+    params = committed_params(tmp_path)
+    stage = [sys.executable, "-c", PROBE, "train", json.dumps(sorted(HEAVY)), "train", "--params", str(params)]
+    stage += ["--lambda", "0"]
+    bare = [sys.executable, "-c", "import torch"]
+    stage_s, torch_s = [], []
+    for _ in range(3):
+        stage_s.append(_seconds_to_exit(stage, tmp_path))
+        torch_s.append(_seconds_to_exit(bare, tmp_path))
+    ratio = min(stage_s) / min(torch_s)
+    assert ratio < 1.5, f"train starts in {min(stage_s):.2f} s, import torch takes {min(torch_s):.2f} s: ×{ratio:.2f}"
