@@ -73,7 +73,7 @@ def _seconds_to_exit(cmd: list[str], cwd) -> float:
 def test_a_training_stage_starts_working_about_as_soon_as_torch_is_imported(tmp_path):
     """Start-up as a ratio measured in one run (this machine's load moves absolute times): the process start to the
     train stage's run(), params loaded and validated, against a bare `import torch`, the least any stage pays. The
-    best of five interleaved runs each; a stage that starts importing mlflow, optuna or the export's ONNX stack
+    best of three interleaved runs each; a stage that starts importing mlflow, optuna or the export's ONNX stack
     before its work (each a second or more here) breaks the bound."""
     params = committed_params(tmp_path)
     stage = [sys.executable, "-c", PROBE, "train", json.dumps(sorted(HEAVY)), "train", "--params", str(params)]
