@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if workers > 1 and not overrides:
         # The stages first, side by side; `dvc exp run` then finds them done and records the experiment. Overrides
         # are applied by `dvc exp run` itself, so an experiment with overrides runs its stages one after another.
-        pipeline = plan()
+        try:
+            pipeline = plan()
+        except Exception as e:  # DVC's own errors (a broken dvc.yaml, a lock held elsewhere), said in one line
+            print(f"error: dvc: {e}", file=sys.stderr)
+            return 2
         if pipeline.stages:
             print(f"{len(pipeline.stages)} stages to run, {workers} at once, {threads} thread(s) each", flush=True)
         failed, code, interrupted = run_side_by_side(pipeline, workers, env)
