@@ -85,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if workers > 1 and not overrides:
         # The stages first, side by side; `dvc exp run` then finds them done and records the experiment. Overrides
         # are applied by `dvc exp run` itself, so an experiment with overrides runs its stages one after another.
+        from dvc.exceptions import DvcException
+
         try:
             pipeline = plan()
-        except Exception as e:  # DVC's own errors (a broken dvc.yaml, a lock held elsewhere), said in one line
+        except DvcException as e:  # a broken dvc.yaml, a lock held elsewhere: said in one line
             print(f"error: dvc: {e}", file=sys.stderr)
             return 2
         if pipeline.stages:
