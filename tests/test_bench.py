@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from conftest import tiny_params, write_params
-from netslim.bench import (
+from netslim.cli import main
+from netslim.data import normalize
+from netslim.engine import FitSettings, epoch_generator, make_optimizer, train_one_epoch
+from netslim.models import build_model
+from netslim.tools.bench import (
     BenchSettings,
     figure,
     interleaved,
@@ -21,10 +25,6 @@ from netslim.bench import (
     seed_style_loader,
     synthetic_data,
 )
-from netslim.cli import main
-from netslim.data import normalize
-from netslim.engine import FitSettings, epoch_generator, make_optimizer, train_one_epoch
-from netslim.models import build_model
 
 CPU = torch.device("cpu")
 FIGURES = {
