@@ -345,7 +345,8 @@ def test_the_exp_show_recipe_fits_160_columns(project):
 
 def test_a_tiny_search_after_the_pipeline_writes_best_json_trials_csv_and_plots(project):
     """`make search` (`dvc repro search/dvc.yaml`) on the reproduced workspace, as a user runs it after `make demo`."""
-    from netslim.search import FIGURES, METRIC
+    from netslim.search.figures import FIGURES
+    from netslim.search.study import METRIC
 
     (project / "search").mkdir()
     shutil.copy(ROOT / "search" / "dvc.yaml", project / "search" / "dvc.yaml")
