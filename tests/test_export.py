@@ -323,7 +323,7 @@ def test_export_stage_names_a_missing_finetuned_model(project, capsys) -> None:
 
 
 def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_side_by_side() -> None:
-    from netslim.report import export_markdown
+    from netslim.report.markdown import export_markdown
 
     assert export_markdown({}, {}) == []
     metrics = {
