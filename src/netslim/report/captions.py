@@ -24,11 +24,7 @@ from netslim.report.inputs import (
 )
 
 SMALL_GAMMA = 0.05  # |γ| below this counts as "near zero" in the captions (the and the paper's eye-ball line)
-
-
 SEED_LAMBDA_LABEL = "1e-4"  # the λ of the 40-epoch seed experiment, against which a scaled demo λ is stated
-
-
 SEED_LAMBDA = float(SEED_LAMBDA_LABEL)
 
 

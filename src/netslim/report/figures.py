@@ -17,10 +17,7 @@ from netslim.report.inputs import NA, ReportInputs, fmt_ratio, model_name, numbe
 from netslim.report.summary import summary_rows
 
 DPI = 120
-
-
 STAGE_COLORS = {"train": "tab:gray", "prune": "tab:orange", "finetune": "tab:green"}
-
 
 # Figure file -> heading; report.md embeds them in this order, each with a caption computed from this run's numbers.
 FIGURES = {

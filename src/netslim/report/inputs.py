@@ -13,10 +13,7 @@ import pandas as pd
 from netslim.config import BUDGET, Config, ConstraintsConfig
 
 NA = "n/a"
-
-
 BASELINE = "unpruned_lambda_0"  # model key of the run trained with λ = 0: what the other models are measured against
-
 
 # How a pruned model was repaired right after surgery: prune metrics key suffix -> column title.
 REPAIRS = {

@@ -91,8 +91,6 @@ def headline_metrics(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[st
 # load), so `dvc metrics diff` would report them as changed on every rerun. Each file holds one measurement, the
 # unpruned model timed interleaved with the pruned one, so the speedup inside a file is a fair comparison.
 PRUNE_TIMINGS = ("throughput_b{b}", "throughput_b{b}_unpruned", "speedup_b{b}")  # eager PyTorch, the prune stage
-
-
 EXPORT_TIMINGS = ("onnx_images_per_s_b{b}", "onnx_images_per_s_unpruned_b{b}", "speedup_b{b}", "eager_speedup_b{b}")
 
 

@@ -15,8 +15,6 @@ from netslim.config import Config
 from netslim.io import atomic_path
 
 FIGURES = ("history.png", "importances.png", "accuracy_vs_params.png")
-
-
 OBJECTIVE = "validation accuracy"
 
 

@@ -16,21 +16,13 @@ from optuna.trial import TrialState
 from netslim.config import Config, ConfigError
 
 LAMBDA_PARAM = "log10_lambda"  # λ = 10 ** this, on a grid of 1 / lambda_steps_per_decade
-
-
 LR_PARAM = "finetune_lr"
-
-
 METRIC = "val_acc"  # the objective's name in the study (set_metric_names)
-
-
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-
 
 # SQLAlchemy's URL for PostgreSQL through psycopg 3 (the `postgres` extra); a bare postgresql:// picks the dialect's
 # default driver, which is psycopg 3 from SQLAlchemy 2.1 on and psycopg2 before.
 POSTGRES_URL = "postgresql+psycopg://user:password@host:5432/netslim"
-
 
 # Params whose change makes earlier trials incomparable: a study refuses to mix them.
 STUDY_SETTINGS = (
