@@ -20,11 +20,10 @@ from netslim.tools.bench import (
     BenchSettings,
     figure,
     interleaved,
-    judge,
-    render_markdown,
     seed_style_loader,
     synthetic_data,
 )
+from netslim.tools.bench_report import judge, render_markdown
 
 CPU = torch.device("cpu")
 FIGURES = {
