@@ -12,19 +12,18 @@ import pytest
 import torch
 
 from conftest import tiny_params, write_params
-from netslim.bench import (
-    BenchSettings,
-    figure,
-    interleaved,
-    judge,
-    render_markdown,
-    seed_style_loader,
-    synthetic_data,
-)
 from netslim.cli import main
 from netslim.data import normalize
 from netslim.engine import FitSettings, epoch_generator, make_optimizer, train_one_epoch
 from netslim.models import build_model
+from netslim.tools.bench import (
+    BenchSettings,
+    figure,
+    interleaved,
+    seed_style_loader,
+    synthetic_data,
+)
+from netslim.tools.bench_report import judge, render_markdown
 
 CPU = torch.device("cpu")
 FIGURES = {

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from conftest import pil_reference_crop_flip
-from netslim import data as data_mod
 from netslim.config import DataConfig
 from netslim.data import (
     FASHION_MNIST_DEBIAN_DIR,
@@ -27,7 +26,9 @@ from netslim.data import (
     normalize,
     prepare,
     random_crop_flip,
+    resize_images,
 )
+from netslim.data import sources as data_sources
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -305,9 +306,9 @@ def test_fashion_mnist_scaled_down_is_its_28x28_image_scaled_without_the_padding
 
 def test_resize_images_keeps_a_constant_image_and_leaves_the_right_size_alone():
     flat = torch.full((2, 32, 32, 3), 77, dtype=torch.uint8)
-    assert torch.equal(data_mod.resize_images(flat, 12), torch.full((2, 12, 12, 3), 77, dtype=torch.uint8))
+    assert torch.equal(resize_images(flat, 12), torch.full((2, 12, 12, 3), 77, dtype=torch.uint8))
     images = random_images(3)
-    assert data_mod.resize_images(images, 32) is images
+    assert resize_images(images, 32) is images
 
 
 def test_augmentation_pads_an_eighth_of_a_smaller_image():
@@ -328,7 +329,7 @@ def test_debian_fashion_mnist(tmp_path):
 
 
 def test_fashion_mnist_missing_names_all_ways(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data_sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian")
     with pytest.raises(DataError) as e:
         load_fashion_mnist(None, tmp_path / "raw", download=False)
     message = str(e.value)
@@ -340,7 +341,7 @@ def test_fashion_mnist_missing_names_all_ways(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_found_in_raw_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data_sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian")
     write_fmnist(tmp_path / "raw" / "FashionMNIST" / "raw")
     meta = prepare(fmnist_config(None, val_size=3), 0, tmp_path / "raw", tmp_path / "out")
     assert meta["source"].startswith("raw:") and meta["sizes"]["train"] == 27
@@ -540,7 +541,7 @@ def test_download_that_fails_is_one_line_naming_the_other_ways(tmp_path, http_fo
     message = str(e.value)
     assert "CIFAR-10 download failed" in message and "data.cifar10_path" in message and "\n" not in message
 
-    monkeypatch.setattr(data_mod, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(data_sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian-package")
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [url])
     with pytest.raises(DataError) as e:
         load_fashion_mnist(None, tmp_path / "raw", download=True)
@@ -553,7 +554,7 @@ def test_fashion_mnist_download_goes_through_torchvision(tmp_path, http_folder, 
     served, url = http_folder
     write_fmnist(served, n_train=30, n_test=8)
     cls = torchvision.datasets.FashionMNIST
-    monkeypatch.setattr(data_mod, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(data_sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian-package")
     monkeypatch.setattr(cls, "mirrors", [url])
     monkeypatch.setattr(cls, "resources", [(name, _md5(served / name)) for name, _ in cls.resources])
 

@@ -319,7 +319,7 @@ def test_the_check_finds_the_gaps_of_the_dvc_yaml_before_it() -> None:
         (ROOT / "tests/data/search-dvc-07e5df9.yaml").read_text(), "search/dvc.yaml"
     )
     gaps = check(old)
-    assert "src/netslim/data.py" in gaps.files["train"]  # the trainer runs data.py's batch augmentation
+    assert "src/netslim/data/augment.py" in gaps.files["train"]  # the trainer runs the batch augmentation
     for stage in ("prune", "finetune"):
         assert {"src/netslim/models/__init__.py", "src/netslim/measure.py"} <= set(gaps.files[stage])
         assert f"src/netslim/stages/{stage}.py" in gaps.files[stage]

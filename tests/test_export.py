@@ -24,7 +24,6 @@ from netslim.export import (
     SAMPLE_SECONDS,
     Deployable,
     ExportError,
-    budget_ratio,
     calls_per_sample,
     check_matches,
     conv_bn_pairs,
@@ -32,20 +31,20 @@ from netslim.export import (
     fold_conv_bn,
     input_shape,
     latency_ms,
+    latency_resolver,
     max_abs_difference,
     onnx_model,
     ort_logits,
     ort_session,
     pad_channels,
-    ratio_for_latency,
     speed_rows,
     write_onnx,
 )
 from netslim.io import load_checkpoint, save_torch
 from netslim.measure import count_conv_linear_macs
 from netslim.models import architecture, batchnorms, load_model, save_model
-from netslim.slimming.surgery import prune, ratio_for_budget
-from netslim.slimming.threshold import PruneError
+from netslim.slimming.budget import budget_ratio
+from netslim.slimming.surgery import prune
 from test_slimming import randomised
 
 
@@ -218,42 +217,14 @@ def test_smaller_images_are_exported_timed_and_counted_at_their_own_size() -> No
     assert row["macs_ratio"] == at16[0] / at16[1] and row["speedup"] > 0
 
 
-# ---- the latency budget -----------------------------------------------------------------------
-
-
-def macs_latency(model: nn.Module) -> float:
-    """A deterministic stand-in for a measured latency, falling with the MACs as a measured one does."""
-    return count_conv_linear_macs(model) / 1e6
-
-
-def test_latency_budget_picks_the_smallest_grid_ratio_that_meets_it() -> None:
-    model = randomised("vgg19", 0.0625)
-    target = macs_latency(prune(model, ratio=0.37).model)
-    ratio, ms = ratio_for_latency(model, target, macs_latency)
-    assert ms == macs_latency(prune(model, ratio=ratio).model) <= target
-    assert ratio <= 0.37 and round(ratio * 100) == ratio * 100  # on the 1% grid
-    assert macs_latency(prune(model, ratio=ratio - 0.01).model) > target  # the ratio below misses it
-
-
-def test_latency_budget_starts_at_lowest_and_refuses_an_unreachable_target() -> None:
-    model = randomised("vgg19", 0.0625)
-    assert ratio_for_latency(model, 1e9, macs_latency, lowest=0.123) == (0.123, macs_latency(prune(model, 0.123).model))
-    with pytest.raises(PruneError, match="prune.target_latency_ms: 1e-09 ms is below"):
-        ratio_for_latency(model, 1e-9, macs_latency)
-    with pytest.raises(PruneError, match="positive number of milliseconds"):
-        ratio_for_latency(model, 0, macs_latency)
-
-
-def test_budget_ratio_without_a_latency_target_is_the_params_budget() -> None:
-    model = randomised("vgg19", 0.0625)
-    target = prune(model, ratio=0.6).params_after
-    assert budget_ratio(model, PruneConfig(target_params=target, round_to=4)) == ratio_for_budget(model, target, 2, 4)
+# ---- the latency budget, measured -----------------------------------------------------------------------
 
 
 def test_a_latency_budget_measured_in_onnx_runtime_accepts_a_generous_target() -> None:
     model = randomised("vgg19", 0.0625)
     generous = PruneConfig(target_latency_ms=10_000.0)
-    assert budget_ratio(model, generous, threads=1) == 0.0  # measured: the largest and the smallest ratio
+    measured = latency_resolver(threads=1)  # what the prune stage passes down to the prune step
+    assert budget_ratio(model, generous, measured) == 0.0  # measured: the largest and the smallest ratio
 
 
 # ---- the stage --------------------------------------------------------------------------------
@@ -352,7 +323,7 @@ def test_export_stage_names_a_missing_finetuned_model(project, capsys) -> None:
 
 
 def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_side_by_side() -> None:
-    from netslim.report import export_markdown
+    from netslim.report.markdown import export_markdown
 
     assert export_markdown({}, {}) == []
     metrics = {

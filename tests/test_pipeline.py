@@ -403,7 +403,8 @@ def test_the_exp_show_recipe_fits_160_columns(project):
 
 def test_a_tiny_search_after_the_pipeline_writes_best_json_trials_csv_and_plots(project):
     """`make search` (`dvc repro search/dvc.yaml`) on the reproduced workspace, as a user runs it after `make demo`."""
-    from netslim.search import FIGURES, METRIC
+    from netslim.search.figures import FIGURES
+    from netslim.search.study import METRIC
 
     shutil.copy(committed_stage_file("search/dvc.yaml"), project / "search" / "dvc.yaml")  # as `make search` does
     assert ran_stages(run([DVC, "repro", "search/dvc.yaml"], project)) == {"search/dvc.yaml:search"}

@@ -13,11 +13,15 @@ import pandas as pd
 import pytest
 
 from conftest import write_params
-from netslim import report
 from netslim.cli import main as cli_main
 from netslim.config import Config, ConfigError, PathsConfig, config_from_dict
 from netslim.io import write_csv, write_json
 from netslim.layout import Layout
+from netslim.report.captions import SMALL_GAMMA, _exported_speedup, compensation_subsumed
+from netslim.report.figures import FIGURES, _speedups, scaling_factor_distribution
+from netslim.report.inputs import ReportInputs, meets_constraints, model_name
+from netslim.report.markdown import lr_schedule
+from netslim.report.summary import HEADLINE, timing_metrics
 from netslim.stages import report as stage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -142,8 +146,8 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 def test_every_figure_is_a_png(written: Config) -> None:
     figures = Path(written.paths.reports) / "figures"
-    assert sorted(p.name for p in figures.iterdir()) == sorted(report.FIGURES)
-    for name in report.FIGURES:
+    assert sorted(p.name for p in figures.iterdir()) == sorted(FIGURES)
+    for name in FIGURES:
         data = (figures / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, name
 
@@ -204,7 +208,7 @@ def test_every_model_gets_a_headline_metrics_file_for_dvc(written: Config) -> No
         "finetuned_0.9",
     }
     for model, values in files.items():
-        assert list(values) == sorted(report.HEADLINE), model  # these four and nothing noisy
+        assert list(values) == sorted(HEADLINE), model  # these four and nothing noisy
     assert files["finetuned_0.9"] == {
         "test_acc": PRUNED["0.9"][1],
         "num_params": PRUNED["0.9"][2],
@@ -223,7 +227,7 @@ def test_timings_get_files_of_their_own_one_measurement_each(written: Config) ->
 
 
 def test_the_export_stages_timings_are_one_file_per_exported_model() -> None:
-    inputs = report.ReportInputs(
+    inputs = ReportInputs(
         *({} for _ in range(7)),
         export_metrics={
             "threads": 2,
@@ -231,7 +235,7 @@ def test_the_export_stages_timings_are_one_file_per_exported_model() -> None:
             "finetuned_0.9": {"speedup_b1": 1.5, "onnx_images_per_s_b1": 30.0, "onnx_test_acc": 0.9, "params": 5},
         },
     )
-    assert report.timing_metrics(inputs) == {"exported_0.9": {"speedup_b1": 1.5, "onnx_images_per_s_b1": 30.0}}
+    assert timing_metrics(inputs) == {"exported_0.9": {"speedup_b1": 1.5, "onnx_images_per_s_b1": 30.0}}
 
 
 def test_a_model_dropped_from_params_leaves_no_stale_metrics_file(tmp_path: Path) -> None:
@@ -243,7 +247,7 @@ def test_a_model_dropped_from_params_leaves_no_stale_metrics_file(tmp_path: Path
 
 def test_report_md_embeds_every_figure_and_lists_every_model(written: Config) -> None:
     text = (Path(written.paths.reports) / "report.md").read_text()
-    for name in report.FIGURES:
+    for name in FIGURES:
         assert f"](figures/{name})" in text
     models = ("unpruned (λ = 0)", "sparse (λ = 1e-4)", "sparse (λ = 1e-5)", "pruned 50%", "pruned 90% + fine-tuned")
     for model in models:
@@ -279,7 +283,7 @@ def test_gamma_distribution_has_one_panel_per_lambda_on_shared_axes() -> None:
     gammas = {
         lam: pd.DataFrame({"gamma": rng.normal(0, s, 200)}) for lam, s in zip(LAMBDAS, (0.01, 0.2, 1.0), strict=True)
     }
-    fig = report.scaling_factor_distribution(gammas, threshold=1e-2)
+    fig = scaling_factor_distribution(gammas, threshold=1e-2)
     axes = fig.axes
     assert len(axes) == len(LAMBDAS)
     assert [ax.get_title().split(":")[0] for ax in axes] == [f"λ = {lam}" for lam in LAMBDAS]
@@ -292,13 +296,13 @@ def test_gamma_distribution_has_one_panel_per_lambda_on_shared_axes() -> None:
     [(0.90, 4_000_000, True), (0.8999, 1, False), (0.95, 4_000_001, False), (None, 1, None)],
 )
 def test_meets_constraints_needs_accuracy_and_params(acc, params, expected) -> None:
-    assert report.meets_constraints(make_config(Path("/tmp")).constraints, acc, params) is expected
+    assert meets_constraints(make_config(Path("/tmp")).constraints, acc, params) is expected
 
 
 def test_model_names() -> None:
-    assert report.model_name("0.5", finetuned=False) == "pruned 50%"
-    assert report.model_name("budget", finetuned=False) == "pruned (budget)"
-    assert report.model_name("0.9", finetuned=True) == "pruned 90% + fine-tuned"
+    assert model_name("0.5", finetuned=False) == "pruned 50%"
+    assert model_name("budget", finetuned=False) == "pruned (budget)"
+    assert model_name("0.9", finetuned=True) == "pruned 90% + fine-tuned"
 
 
 def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> None:
@@ -306,7 +310,7 @@ def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> 
     layout = Layout(written.paths)
     for lam in LAMBDAS:
         gammas = pd.read_csv(layout.train_reports(lam) / "gammas.csv")["gamma"].abs()
-        assert f"λ = {lam}: {(gammas < report.SMALL_GAMMA).mean():.0%} (median |γ|" in text
+        assert f"λ = {lam}: {(gammas < SMALL_GAMMA).mean():.0%} (median |γ|" in text
     # four ways right after pruning, the saved one (compensation + recalibration by default) in bold
     assert "| pruned 90% | 0.9000 | 86.90% | 0.0123 | 94.00% | 12.00% | 22.00% | 37.00% | **42.00%** |" in text
     assert "pruned 90%: the sparse model scores 94.0%; plain surgery 12.0% (-82.0 points)" in text
@@ -319,17 +323,17 @@ SUBSUMED = {"0.5": {"test_acc_recalibrated": 0.8, "test_acc_compensated_recalibr
 
 def test_the_pruning_table_notes_that_both_repairs_equal_recalibration_when_every_model_scores_the_same() -> None:
     config = make_config(Path("/tmp"))
-    (note,) = report.compensation_subsumed(SUBSUMED, config)
+    (note,) = compensation_subsumed(SUBSUMED, config)
     assert "by construction" in note and "`prune.bias_compensation: true` changes nothing" in note
     recalibration_off = dataclasses.replace(config, prune=dataclasses.replace(config.prune, recalibration_batches=0))
-    (note,) = report.compensation_subsumed(SUBSUMED, recalibration_off)
+    (note,) = compensation_subsumed(SUBSUMED, recalibration_off)
     assert "by construction" in note and "changes nothing" not in note  # the saved model is compensated only
 
 
 def test_the_pruning_table_has_no_such_note_when_a_model_scores_differently_with_both() -> None:
     differing = SUBSUMED | {"0.9": {"test_acc_recalibrated": 0.5, "test_acc_compensated_recalibrated": 0.51}}
-    assert report.compensation_subsumed(differing, make_config(Path("/tmp"))) == []
-    assert report.compensation_subsumed({}, make_config(Path("/tmp"))) == []
+    assert compensation_subsumed(differing, make_config(Path("/tmp"))) == []
+    assert compensation_subsumed({}, make_config(Path("/tmp"))) == []
 
 
 def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_the_export_ran() -> None:
@@ -341,7 +345,7 @@ def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_t
     }
     export_metrics = {"threads": 2, "finetuned_0.9": {"speedup_b1": 1.33, "speedup_b64": 1.58}}  # no 0.5 export
     ax = Figure().subplots()
-    report._speedups(ax, prune_metrics, export_metrics)
+    _speedups(ax, prune_metrics, export_metrics)
     bars = {
         container.get_label(): [round(float(bar.get_width()), 2) for bar in container] for container in ax.containers
     }
@@ -353,11 +357,11 @@ def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_t
         "ONNX Runtime, batch 64": [0.0, 1.58],
     }
     ax = Figure().subplots()
-    report._speedups(ax, prune_metrics, {})  # before the export stage has run: the prune stage's numbers only
+    _speedups(ax, prune_metrics, {})  # before the export stage has run: the prune stage's numbers only
     assert [container.get_label() for container in ax.containers] == ["MACs ratio", "eager, batch 1", "eager, batch 64"]
     # and the figure's text says it at the largest batch timed
-    assert report._exported_speedup(export_metrics["finetuned_0.9"]) == " and 1.58× exported to ONNX Runtime (batch 64)"
-    assert report._exported_speedup(None) == ""
+    assert _exported_speedup(export_metrics["finetuned_0.9"]) == " and 1.58× exported to ONNX Runtime (batch 64)"
+    assert _exported_speedup(None) == ""
 
 
 @pytest.mark.parametrize(
@@ -370,10 +374,10 @@ def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_t
     ],
 )
 def test_the_settings_table_says_how_the_lr_moves(optim: dict, expected: str) -> None:
-    assert report.lr_schedule(config_from_dict({"finetune": optim}).finetune) == expected
+    assert lr_schedule(config_from_dict({"finetune": optim}).finetune) == expected
 
 
 def test_the_report_states_both_lr_schedules(written: Config) -> None:
     text = (Path(written.paths.reports) / "report.md").read_text()
-    train, finetune = report.lr_schedule(written.train), report.lr_schedule(written.finetune)
+    train, finetune = lr_schedule(written.train), lr_schedule(written.finetune)
     assert f"| learning rate | {train} (sparsity training); {finetune} (fine-tuning) |" in text

@@ -37,19 +37,10 @@ from conftest import (
 )
 from netslim.cli import main
 from netslim.config import load_config, read_yaml
-from netslim.search import (
-    FIGURES,
-    LAMBDA_PARAM,
-    LOST_WORKER,
-    LR_PARAM,
-    exp_run_command,
-    figures,
-    lambda_grid,
-    select_best,
-    summarize,
-    trial_budget,
-    trial_row,
-)
+from netslim.search.choice import LOST_WORKER, exp_run_command, select_best, summarize, trial_row
+from netslim.search.figures import FIGURES, figures
+from netslim.search.objective import lambda_grid
+from netslim.search.study import LAMBDA_PARAM, LR_PARAM, trial_budget
 
 BIN = Path(sys.executable).parent
 ONE_LAMBDA = {"lambda_min": 1e-4, "lambda_max": 1.5e-4, "lambda_steps_per_decade": 1}  # a grid of one λ: 1e-4

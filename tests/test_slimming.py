@@ -1,4 +1,5 @@
-"""Network Slimming's pruning step: threshold math, channel surgery, bias compensation and budgets."""
+"""Network Slimming's pruning step: threshold math, channel surgery, bias compensation and budgets (parameters
+and latency)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from netslim.config import PruneConfig
 from netslim.measure import count_conv_linear_macs
 from netslim.models import build_model, count_params, load_model, prunable_batchnorms, save_model
+from netslim.slimming.budget import budget_ratio, ratio_for_latency
 from netslim.slimming.surgery import (
     cfg_from_masks,
     check_masks,
@@ -322,6 +325,40 @@ def test_prune_needs_exactly_one_of_ratio_and_target() -> None:
         prune(model)
     with pytest.raises(PruneError, match="exactly one"):
         prune(model, ratio=0.5, target_params=10_000)
+
+
+def macs_latency(model: nn.Module) -> float:
+    """A deterministic stand-in for a measured latency, falling with the MACs as a measured one does."""
+    return count_conv_linear_macs(model) / 1e6
+
+
+def test_latency_budget_picks_the_smallest_grid_ratio_that_meets_it() -> None:
+    model = randomised("vgg19", 0.0625)
+    target = macs_latency(prune(model, ratio=0.37).model)
+    ratio, ms = ratio_for_latency(model, target, macs_latency)
+    assert ms == macs_latency(prune(model, ratio=ratio).model) <= target
+    assert ratio <= 0.37 and round(ratio * 100) == ratio * 100  # on the 1% grid
+    assert macs_latency(prune(model, ratio=ratio - 0.01).model) > target  # the ratio below misses it
+
+
+def test_latency_budget_starts_at_lowest_and_refuses_an_unreachable_target() -> None:
+    model = randomised("vgg19", 0.0625)
+    assert ratio_for_latency(model, 1e9, macs_latency, lowest=0.123) == (0.123, macs_latency(prune(model, 0.123).model))
+    with pytest.raises(PruneError, match="prune.target_latency_ms: 1e-09 ms is below"):
+        ratio_for_latency(model, 1e-9, macs_latency)
+    with pytest.raises(PruneError, match="positive number of milliseconds"):
+        ratio_for_latency(model, 0, macs_latency)
+
+
+def test_budget_ratio_without_a_latency_target_is_the_params_budget() -> None:
+    model = randomised("vgg19", 0.0625)
+    target = prune(model, ratio=0.6).params_after
+    assert budget_ratio(model, PruneConfig(target_params=target, round_to=4)) == ratio_for_budget(model, target, 2, 4)
+
+
+def test_a_latency_target_without_a_way_to_measure_it_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs latency_of"):
+        budget_ratio(randomised("vgg19", 0.0625), PruneConfig(target_latency_ms=2.5))
 
 
 # ---- hardware-aligned widths (prune.round_to) -------------------------------------------------

@@ -49,7 +49,7 @@ def test_the_library_never_imports_the_stage_clis():
 
 
 def test_the_search_trains_prunes_and_finetunes_only_through_the_steps():
-    imported = imports(PACKAGE / "search.py")
+    imported = set().union(*(imports(path) for path in (PACKAGE / "search").glob("*.py")))
     own_loops = {
         ("netslim.engine", "fit"),
         ("netslim.engine", "train_one_epoch"),
@@ -96,7 +96,7 @@ def test_the_search_prunes_the_model_the_prune_stage_saves(tiny_data):
 def test_bias_compensation_changes_nothing_once_recalibration_re_estimates_the_running_means(tiny_data):
     config = replace(CONFIG, prune=replace(CONFIG.prune, recalibration_batches=2))
     sparse = _random_gamma_model()
-    variants = pruned_variants(sparse, tiny_data, config, CPU, prune_by(sparse, config, 0.5, tiny_data.image_shape))
+    variants = pruned_variants(sparse, tiny_data, config, CPU, prune_by(sparse, config, 0.5))
     both, recalibrated = (variants[k].model.state_dict() for k in ("compensated_recalibrated", "recalibrated"))
     assert both.keys() == recalibrated.keys() and all(torch.equal(both[k], recalibrated[k]) for k in both)
 

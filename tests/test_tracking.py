@@ -27,10 +27,10 @@ import yaml
 from torch import nn
 
 from conftest import ROOT, run_process, tiny_params, write_fashion_mnist, write_params
-from netslim import report as netslim_report
 from netslim import tracking
 from netslim.config import ConstraintsConfig, FinetuneConfig, config_from_dict, load_config
 from netslim.io import file_sha256
+from netslim.report.summary import HEADLINE
 
 BIN = Path(sys.executable).parent
 PIPELINE_ID = "tracked-pipeline"
@@ -447,7 +447,7 @@ def test_report_logs_its_summary_as_a_table_figures_and_each_models_accuracy_and
     import mlflow
 
     report = tracked.runs["report"]
-    headline = netslim_report.HEADLINE  # accuracy, size and verdict: no throughput (timings of other runs)
+    headline = HEADLINE  # accuracy, size and verdict: no throughput (timings of other runs)
     by_model: dict[str, dict[str, float]] = {}
     for key, value in report.data.metrics.items():
         model, name = key.rsplit("/", 1)

@@ -25,14 +25,11 @@ import onnxruntime as ort
 import torch
 from torch import fx, nn
 
-from netslim.config import PruneConfig
 from netslim.data import Split, normalize
 from netslim.io import atomic_write_bytes
 from netslim.measure import IMAGE_SHAPE, count_conv_linear_macs, interleaved_seconds, interleaved_throughput
 from netslim.models import memory_format, unwrap
 from netslim.registry import architecture
-from netslim.slimming.surgery import prune, ratio_for_budget
-from netslim.slimming.threshold import PruneError, check_min_channels, check_round_to
 
 OPSET = 20  # the ai.onnx opset torch 2.14's exporter (dynamo=True) targets by default; ONNX Runtime 1.2x runs it
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -413,9 +410,7 @@ def latency_ms(session: ort.InferenceSession, repeats: int = 30, warmup: int = 5
     return 1000 * float(np.median(seconds))
 
 
-# ---- a latency budget -------------------------------------------------------------------------
-
-LATENCY_GRID = 100  # candidate ratios k/100: a 1% step is finer than timing noise tells apart
+# ---- a latency budget's measurement -------------------------------------------------------------
 
 
 def exported_latency_ms(
@@ -426,80 +421,10 @@ def exported_latency_ms(
     return latency_ms(ort_session(onnx_model(pad_channels(model, pad_to), image_shape=image_shape), threads))
 
 
-def ratio_for_latency(
-    model: nn.Module,
-    target_ms: float,
-    latency_of: Callable[[nn.Module], float],
-    min_channels: int = 2,
-    round_to: int = 1,
-    lowest: float = 0.0,
-) -> tuple[float, float]:
-    """The smallest ratio (on a 1% grid, at least `lowest`) whose pruned model's `latency_of` meets `target_ms`.
-
-    Args:
-        model: the sparsity-trained model (left unchanged).
-        latency_of: milliseconds of a pruned model, measured: `lambda m: exported_latency_ms(m, threads)`
-            exports it and times it in ONNX Runtime on this machine.
-        min_channels, round_to: as for `prune`.
-        lowest: no smaller ratio is tried (e.g. the ratio a parameter budget already needs).
-
-    Latency falls as the ratio grows, so the search bisects: about log2(100) = 7 measurements. Fine-tuning keeps
-    the architecture, so a fine-tuned model runs as fast as the pruned one measured here.
-    Returns (ratio, its measured milliseconds); PruneError when even the largest ratio misses the target.
-    """
-    if isinstance(target_ms, bool) or not isinstance(target_ms, int | float) or not target_ms > 0:
-        raise PruneError(f"prune.target_latency_ms: {target_ms!r} must be a positive number of milliseconds, e.g. 2.5")
-    min_channels, round_to = check_min_channels(min_channels), check_round_to(round_to)
-    candidates = [lowest] + [k / LATENCY_GRID for k in range(LATENCY_GRID) if k / LATENCY_GRID > lowest]
-    measured: dict[int, float] = {}
-
-    def ms_at(index: int) -> float:
-        if index not in measured:
-            pruned = prune(model, ratio=candidates[index], min_channels=min_channels, round_to=round_to).model
-            measured[index] = latency_of(pruned)
-        return measured[index]
-
-    lo, hi = 0, len(candidates) - 1
-    if ms_at(hi) > target_ms:
-        raise PruneError(
-            f"prune.target_latency_ms: {target_ms:g} ms is below the {ms_at(hi):.3g} ms measured at ratio "
-            f"{candidates[hi]:g} on this machine; raise target_latency_ms"
-        )
-    if ms_at(lo) <= target_ms:
-        return candidates[lo], ms_at(lo)
-    while hi - lo > 1:  # invariant: candidate lo misses the target, candidate hi meets it
-        mid = (lo + hi) // 2
-        if ms_at(mid) <= target_ms:
-            hi = mid
-        else:
-            lo = mid
-    return candidates[hi], ms_at(hi)
-
-
-def budget_ratio(
-    model: nn.Module,
-    prune_config: PruneConfig,
-    threads: int | None = None,
-    pad_to: int | None = None,
-    image_shape: Sequence[int] = IMAGE_SHAPE,
-) -> float:
-    """The smallest ratio whose pruned model meets every budget set in `prune_config`.
-
-    Those are prune.target_params (parameters, counted) and prune.target_latency_ms (batch-1 milliseconds of the
-    exported model, padded to multiples of `pad_to` as `netslim export` pads it, in ONNX Runtime with `threads`
-    threads, None = all usable CPUs, measured on this machine).
-    """
-    p = prune_config
-    ratio = 0.0 if p.target_params is None else ratio_for_budget(model, p.target_params, p.min_channels, p.round_to)
-    if p.target_latency_ms is None:
-        return ratio
+def latency_resolver(
+    threads: int | None = None, pad_to: int | None = None, image_shape: Sequence[int] = IMAGE_SHAPE
+) -> Callable[[nn.Module], float]:
+    """What `slimming.budget.budget_ratio` measures a candidate with: `exported_latency_ms` with `threads` ONNX
+    Runtime threads (None = all usable CPUs), padded to multiples of `pad_to` as `netslim export` pads it."""
     threads = threads or default_threads()
-    ratio, _ms = ratio_for_latency(
-        model,
-        p.target_latency_ms,
-        lambda m: exported_latency_ms(m, threads, pad_to, image_shape),
-        p.min_channels,
-        p.round_to,
-        lowest=ratio,
-    )
-    return ratio
+    return lambda m: exported_latency_ms(m, threads, pad_to, image_shape)

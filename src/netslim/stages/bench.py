@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from netslim.bench import BenchSettings, run_benchmarks, write_reports
 from netslim.config import Config
 from netslim.models import ARCHITECTURES
+from netslim.tools.bench import BenchSettings, run_benchmarks, write_reports
 
 DEFAULTS = BenchSettings()
 

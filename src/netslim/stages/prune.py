@@ -15,7 +15,7 @@ from netslim.io import file_sha256, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.measure import channels_per_layer
 from netslim.models import count_params, load_model
-from netslim.steps.prune import prune_step
+from netslim.steps.prune import LatencyOf, prune_step
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         tracking.stage_run(config, "prune", f"prune {_percent(label)}", params=params, **tags) as run,
     ):
         run.source(source)
-        outcome = prune_step(sparse, data, config, device, target)
+        outcome = prune_step(sparse, data, config, device, target, _latency_of(config, target, data.image_shape))
         result, chosen, acc = outcome.result, outcome.variant, outcome.test_acc
         provenance = {
             "stage": "prune",
@@ -83,3 +83,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def _percent(label: str) -> str:
     return label if label == BUDGET else f"{float(label) * 100:g}%"
+
+
+def _latency_of(config: Config, target: float | str, image_shape: tuple[int, ...]) -> LatencyOf | None:
+    """How a latency budget measures a candidate: exported and timed in ONNX Runtime as `netslim export` runs it
+    (export.threads, export.pad_to); None without one."""
+    if target != BUDGET or config.prune.target_latency_ms is None:
+        return None
+    from netslim.export import latency_resolver  # ONNX Runtime is loaded only for a latency budget
+
+    return latency_resolver(config.export.threads, config.export.pad_to, image_shape)

@@ -19,10 +19,14 @@ from typing import Any
 
 import pandas as pd
 
-from netslim import report, tracking
+from netslim import tracking
 from netslim.config import Config, ConfigError, lambda_label, ratio_label
 from netslim.io import atomic_write_bytes, atomic_write_text, check_metrics, write_csv, write_json
 from netslim.layout import Layout
+from netslim.report.figures import DPI, figures
+from netslim.report.inputs import ReportInputs
+from netslim.report.markdown import markdown
+from netslim.report.summary import curves, headline_metrics, summary_rows, timing_metrics
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "test_acc", "sparsity")
 
@@ -75,7 +79,7 @@ class _Reader:
             raise ConfigError(f"{path}: missing; run `dvc repro` (the {stage} stage writes it){more}")
 
 
-def load_inputs(config: Config) -> report.ReportInputs:
+def load_inputs(config: Config) -> ReportInputs:
     layout = Layout(config.paths)
     lambdas = [lambda_label(lam) for lam in config.train.lambdas]
     ratios = [ratio_label(r) for r in config.prune.ratios]
@@ -85,7 +89,7 @@ def load_inputs(config: Config) -> report.ReportInputs:
         {r: layout.prune_reports(r) for r in ratios},
         {r: layout.finetune_reports(r) for r in ratios},
     )
-    inputs = report.ReportInputs(
+    inputs = ReportInputs(
         train_history={lam: read.csv(d / "history.csv", "train", HISTORY_COLUMNS) for lam, d in train.items()},
         train_metrics={lam: read.json(d / "metrics.json", "train") for lam, d in train.items()},
         gammas={lam: read.csv(d / "gammas.csv", "train", ("gamma",)) for lam, d in train.items()},
@@ -105,7 +109,7 @@ def load_inputs(config: Config) -> report.ReportInputs:
 
 def png_bytes(figure: Any) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=report.DPI)
+    figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 
 
@@ -127,16 +131,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "ratios": tracking.param_text([ratio_label(r) for r in config.prune.ratios]),
     }
     with tracking.stage_run(config, "report", "report", params=compared, **{"lambda": config.prune.lambda_}) as tracker:
-        rows = report.summary_rows(inputs, config)
-        figures = report.figures(inputs, config)
-        pngs = {name: png_bytes(fig) for name, fig in figures.items()}  # rendered before any file is written
-        text = report.markdown(inputs, config, rows)
+        rows = summary_rows(inputs, config)
+        drawn = figures(inputs, config)
+        pngs = {name: png_bytes(fig) for name, fig in drawn.items()}  # rendered before any file is written
+        text = markdown(inputs, config, rows)
         for name, data in pngs.items():
             atomic_write_bytes(out / "figures" / name, data)
         write_csv(out / "summary.csv", list(rows.values()))
-        write_json_folder(out / "metrics", report.headline_metrics(rows))
-        write_json_folder(out / "timings", report.timing_metrics(inputs))
-        for name, rows_of_curve in report.curves(inputs).items():
+        write_json_folder(out / "metrics", headline_metrics(rows))
+        write_json_folder(out / "timings", timing_metrics(inputs))
+        for name, rows_of_curve in curves(inputs).items():
             write_csv(out / "curves" / name, rows_of_curve)
         atomic_write_text(out / "report.md", text)  # last: its links point at the files above
         for name in pngs:  # the files just written: log_figure would render every figure a second time (3 s)
@@ -145,7 +149,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         # each model's accuracy and size as metrics (not its throughput: timings of other runs, see the report)
         headline = {
             f"{model}/{key}": value
-            for model, values in report.headline_metrics(rows).items()
+            for model, values in headline_metrics(rows).items()
             for key, value in values.items()
             if isinstance(value, int | float)
         }

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,12 @@ from netslim.config import BUDGET, Config, PruneConfig
 from netslim.data import PreparedData
 from netslim.engine import evaluate
 from netslim.measure import compare_models
+from netslim.slimming.budget import budget_ratio
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
 from netslim.slimming.surgery import PruneResult, prune
 from netslim.slimming.threshold import PruneError
+
+LatencyOf = Callable[[nn.Module], float]  # milliseconds of a pruned model, measured
 
 VARIANTS = ("plain", "compensated", "recalibrated", "compensated_recalibrated")
 SPEED_BATCH_SIZES = (1, 64)
@@ -88,18 +92,15 @@ def pruned_variants(
 
 
 def prune_by(
-    sparse: nn.Module, config: Config, target: float | str, image_shape: tuple[int, ...]
+    sparse: nn.Module, config: Config, target: float | str, latency_of: LatencyOf | None = None
 ) -> dict[str, float | int | None]:
     """A --ratio value as surgery's keyword: a share of channels, or BUDGET for `prune.target_params` (and, with
-    `prune.target_latency_ms`, the smallest ratio whose exported model meets that latency on images of
-    `image_shape`, measured)."""
+    `prune.target_latency_ms`, the smallest ratio whose pruned model meets that latency as `latency_of` measures
+    it: see `slimming.budget.budget_ratio`)."""
     if target != BUDGET:
         return {"ratio": float(target)}
     if config.prune.target_latency_ms is not None:
-        from netslim.export import budget_ratio  # ONNX Runtime is loaded only for a latency budget
-
-        ratio = budget_ratio(sparse, config.prune, config.export.threads, config.export.pad_to, image_shape)
-        return {"ratio": ratio}
+        return {"ratio": budget_ratio(sparse, config.prune, latency_of)}
     return {"target_params": config.prune.target_params}
 
 
@@ -144,13 +145,20 @@ class PruneOutcome:
 
 
 def prune_step(
-    sparse: nn.Module, data: PreparedData, config: Config, device: torch.device, target: float | str
+    sparse: nn.Module,
+    data: PreparedData,
+    config: Config,
+    device: torch.device,
+    target: float | str,
+    latency_of: LatencyOf | None = None,
 ) -> PruneOutcome:
     """Prune `sparse` four ways, keep the configured one, and measure accuracy, size and speed.
 
     Throughput is timed by measure.py's one timer, under the `runtime` switches (see `measure.compare_models`).
+    `latency_of` measures a candidate's latency when `target` is BUDGET with `prune.target_latency_ms` set (the
+    prune stage passes `netslim.export.latency_resolver`).
     """
-    by = prune_by(sparse, config, target, data.image_shape)
+    by = prune_by(sparse, config, target, latency_of)
     variants = pruned_variants(sparse, data, config, device, by)
     chosen = configured_variant(config.prune)
     result = variants[chosen]

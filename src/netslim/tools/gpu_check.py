@@ -200,7 +200,7 @@ class Check:
 
 def _data(images: int, eval_images: int, seed: int):
     """Synthetic CIFAR-shaped data: `images` training images, `eval_images` as both validation and test split."""
-    from netslim.bench import synthetic_data
+    from netslim.tools.bench import synthetic_data
 
     data = synthetic_data(images, 10, seed)
     held_out = synthetic_data(eval_images, 10, seed + 1).train
@@ -490,8 +490,8 @@ def _model(arch: str, size: CheckSize, seed: int):
 def check_arch(check: Check, arch: str, config: Config, shape: SeedShape, size: CheckSize, device) -> list[Any]:
     """Training timed both ways, the L1 hook under autocast, pruning at every seed ratio, fine-tuning each pruned
     model (timed) and one `fit` epoch of the last: returns [the sparse stand-in, the pruned models...]."""
-    from netslim.bench import random_gammas
     from netslim.config import parse_lambda
+    from netslim.tools.bench import random_gammas
 
     seed = config.experiment.seed
     data = _data(size.steps * (size.batch_size or shape.batch_size), size.eval_images, seed)
