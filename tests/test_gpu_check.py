@@ -14,8 +14,10 @@ import torch
 
 from conftest import ROOT, committed_params, committed_text
 from netslim.config import Config, ConfigError
-from netslim.tools import gpu_check
-from netslim.tools.gpu_check import TINY, Check, SeedShape, gpu_slug, main, new_report, seed_config
+from netslim.tools import gpu_check, gpu_shapes
+from netslim.tools.gpu_check import Check, main
+from netslim.tools.gpu_report import new_report
+from netslim.tools.gpu_shapes import TINY, SeedShape, gpu_slug, seed_config
 
 
 def _seed_files(folder: Path) -> tuple[Path, Path]:
@@ -49,10 +51,10 @@ def test_without_a_gpu_the_check_says_so_and_runs_every_section_of_its_fallback(
     code, stdout, stderr, report, _ = fallback
     assert code == 0 and report["errors"] == {} and report["skipped"] == {}
     assert "NO GPU FOUND" in stderr and "no GPU (CPU fallback)" in stdout
-    expected = {f"train/{arch}/{variant}" for arch in gpu_check.ARCHS for variant in gpu_check.VARIANTS}
-    expected |= {f"{kind}/{arch}/{ratio}" for kind in ("prune", "finetune") for arch in gpu_check.ARCHS for ratio in (
+    expected = {f"train/{arch}/{variant}" for arch in gpu_shapes.ARCHS for variant in gpu_shapes.VARIANTS}
+    expected |= {f"{kind}/{arch}/{ratio}" for kind in ("prune", "finetune") for arch in gpu_shapes.ARCHS for ratio in (
         "0.5", "0.9")}  # fmt: skip
-    expected |= {f"l1_autocast/{a}" for a in gpu_check.ARCHS} | {f"fit/{a}" for a in gpu_check.ARCHS}
+    expected |= {f"l1_autocast/{a}" for a in gpu_shapes.ARCHS} | {f"fit/{a}" for a in gpu_shapes.ARCHS}
     expected |= {"export/resnet50", "cuda_tests", "torchrun"}
     assert set(report["sections"]) == expected
 
@@ -80,7 +82,7 @@ def test_the_estimate_is_every_seed_run_times_its_measured_epoch(fallback):
 @pytest.mark.slow
 def test_the_l1_penalty_adds_exactly_lambda_sign_gamma_to_float32_gradients(fallback):
     _, _, _, report, _ = fallback
-    for arch in gpu_check.ARCHS:
+    for arch in gpu_shapes.ARCHS:
         l1 = report["sections"][f"l1_autocast/{arch}"]
         assert l1["passed"] and l1["gamma_grad_dtypes"] == ["torch.float32"] and l1["max_error"] == 0
 
@@ -90,7 +92,7 @@ def test_the_cuda_tests_run_under_pytest_and_skip_without_cuda(fallback):
     _, _, _, report, _ = fallback
     tests = report["sections"]["cuda_tests"]
     assert tests["returncode"] == 0 and "test_bench.py" in tests["files"]
-    marked = sum(len(gpu_check.GPU_MARK.findall(path.read_text())) for path in (ROOT / "tests").glob("test_*.py"))
+    marked = sum(len(gpu_shapes.GPU_MARK.findall(path.read_text())) for path in (ROOT / "tests").glob("test_*.py"))
     assert marked >= 4 and tests.get("tests_passed" if torch.cuda.is_available() else "tests_skipped") == marked
 
 
