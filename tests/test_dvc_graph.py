@@ -54,7 +54,7 @@ EXEMPT = {
 }
 NOT_SCANNED = {
     "src/netslim/config.py": "its validation reads every key to check it, not to compute with it",
-    "src/netslim/tracking.py": "it writes to MLflow only (run params and tags), never to a DVC output",
+    "src/netslim/tracking": "it writes to MLflow only (run params and tags), never to a DVC output",
 }
 CONFIG_NAMES = {"config", "c"}  # how the code names a Config; `x.config` counts too
 
@@ -256,7 +256,7 @@ def _section_passed_to(call: ast.Call, arg: ast.AST, section: str, functions: di
 
 def keys_read(trees: dict[str, ast.Module]) -> set[str]:
     """`section.key` (or a whole `section`) for every params key the reachable code reads."""
-    code = reachable_code({p: t for p, t in trees.items() if p not in NOT_SCANNED})
+    code = reachable_code({p: t for p, t in trees.items() if not covered_by_deps(p, list(NOT_SCANNED))})
     functions: dict[str, list] = {}
     for node in code:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
