@@ -91,7 +91,7 @@ test-fast: setup
 UI_PORT ?= 5000
 UI_STORE := sqlite:///mlflow.db
 ui: $(STAMP)
-	@$(BIN)/python -m netslim.tracking --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)
+	@$(BIN)/python -m netslim.mlflow_ui --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(UI_STORE) \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
 

@@ -5,8 +5,9 @@ reported too, since an edit there would rerun the stage for nothing.
 
 For each stage of dvc.yaml and search/dvc.yaml, its `cmd` (`netslim <stage>`) names a CLI module
 (`netslim.cli.STAGES`). From `netslim.cli` and that module the checker follows every `netslim` import
-(top-level or inside a function) to the import closure of files in src/netslim; each must lie under a
-`deps` entry. The params keys a stage reads are found statically in that closure:
+(top-level or inside a function; not one under `if TYPE_CHECKING:`, which never runs) to the import closure
+of files in src/netslim; each must lie under a `deps` entry. The params keys a stage reads are found
+statically in that closure:
 
 - `config.<section>.<key>` (or `c.`, `self.config.`, `ctx.config.`) reads that key;
 - a whole section passed to a function, e.g. `fit_settings(config, config.train, ...)`, reads the
@@ -29,6 +30,7 @@ import os
 import shutil
 import subprocess
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +54,7 @@ EXEMPT = {
 }
 NOT_SCANNED = {
     "src/netslim/config.py": "its validation reads every key to check it, not to compute with it",
-    "src/netslim/tracking.py": "it writes to MLflow only (run params and tags), never to a DVC output",
+    "src/netslim/tracking": "it writes to MLflow only (run params and tags), never to a DVC output",
 }
 CONFIG_NAMES = {"config", "c"}  # how the code names a Config; `x.config` counts too
 
@@ -130,10 +132,23 @@ def module_file(module: str) -> Path | None:
     return base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
 
 
+def runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of the tree but those under `if TYPE_CHECKING:`, which never run (registry.py names the model
+    classes there for its annotations: no stage runs the model code for that)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in _identifiers(node.test):
+            todo += node.orelse
+        else:
+            todo += ast.iter_child_nodes(node)
+
+
 def imported_modules(tree: ast.AST) -> set[str]:
-    """Every netslim module an AST imports, anywhere in it, with the packages whose __init__ runs first."""
+    """Every netslim module an AST imports, anywhere it can run, with the packages whose __init__ runs first."""
     found = set()
-    for node in ast.walk(tree):
+    for node in runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -241,7 +256,7 @@ def _section_passed_to(call: ast.Call, arg: ast.AST, section: str, functions: di
 
 def keys_read(trees: dict[str, ast.Module]) -> set[str]:
     """`section.key` (or a whole `section`) for every params key the reachable code reads."""
-    code = reachable_code({p: t for p, t in trees.items() if p not in NOT_SCANNED})
+    code = reachable_code({p: t for p, t in trees.items() if not covered_by_deps(p, list(NOT_SCANNED))})
     functions: dict[str, list] = {}
     for node in code:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

@@ -29,8 +29,9 @@ from torch import nn
 from conftest import ROOT, run_process, tiny_params, write_fashion_mnist, write_params
 from netslim import tracking
 from netslim.config import ConstraintsConfig, FinetuneConfig, config_from_dict, load_config
-from netslim.io import file_sha256
+from netslim.io import file_sha256, load_checkpoint
 from netslim.report.summary import HEADLINE
+from netslim.stages.model_tracking import log_model, save_checkpoint
 
 BIN = Path(sys.executable).parent
 PIPELINE_ID = "tracked-pipeline"
@@ -655,7 +656,7 @@ def test_a_moved_project_keeps_its_artifacts(tmp_path):
     assert first.returncode == 0, first.stderr.decode()[-2000:]
     old.rename(new)
     helper = subprocess.run(
-        [sys.executable, "-m", "netslim.tracking", "--backend-store-uri", "sqlite:///mlflow.db"],
+        [sys.executable, "-m", "netslim.mlflow_ui", "--backend-store-uri", "sqlite:///mlflow.db"],
         cwd=new,
         env=child_env(""),
         capture_output=True,
@@ -730,7 +731,9 @@ def test_champion_goes_to_the_best_feasible_version_across_ratios(in_process_mlf
     for ratio, feasible, score in logged:
         with tracking.stage_run(config, "finetune", f"finetune {ratio}", ratio=ratio) as run:
             metrics = {"val_acc": score, "num_params": 12_292, "meets_constraints": feasible}
-            run.model(model, tiny_data.test.images[:2], tiny_data.mean, tiny_data.std, register=True, metrics=metrics)
+            log_model(
+                run, model, tiny_data.test.images[:2], tiny_data.mean, tiny_data.std, register=True, metrics=metrics
+            )
         assert not run.lost, run.lost
         champions.append(str(client.get_model_version_by_alias(registered, "champion").version))
     assert champions == ["1", "1", "1", "4"]
@@ -754,7 +757,7 @@ def test_only_the_stages_in_model_stages_log_their_model(in_process_mlflow, tiny
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
     for stage in ("train", "finetune"):
         with tracking.stage_run(config, stage, f"{stage} run") as run:
-            run.model(model, tiny_data.test.images[:2], tiny_data.mean, tiny_data.std)
+            log_model(run, model, tiny_data.test.images[:2], tiny_data.mean, tiny_data.std)
         assert not run.lost, run.lost
     client = MlflowClient(in_process_mlflow)
     experiment = client.get_experiment_by_name("model-stages")
@@ -888,7 +891,7 @@ def test_ui_link_opens_the_runs_table_of_the_experiment(in_process_mlflow, tmp_p
 
     experiment = MlflowClient(in_process_mlflow).create_experiment("ui-link")
     write_params(tmp_path / "params.yaml", {"tracking": {"experiment": "ui-link"}})
-    helper = [sys.executable, "-m", "netslim.tracking", "--port", "5123"]
+    helper = [sys.executable, "-m", "netslim.mlflow_ui", "--port", "5123"]
     env = child_env("")
     shown = subprocess.run(
         [*helper, "--backend-store-uri", in_process_mlflow], cwd=tmp_path, env=env, capture_output=True, text=True
@@ -906,14 +909,14 @@ def test_ui_link_opens_the_runs_table_of_the_experiment(in_process_mlflow, tmp_p
 def test_make_ui_prints_the_link_for_the_store_and_port_it_serves():
     dry = subprocess.run(["make", "-n", "ui", "UI_PORT=5123"], cwd=ROOT, capture_output=True, text=True, check=True)
     lines = dry.stdout.replace("\\\n", " ").splitlines()
-    [link] = [shlex.split(line) for line in lines if "-m netslim.tracking" in line]
+    [link] = [shlex.split(line) for line in lines if "-m netslim.mlflow_ui" in line]
     [serve] = [shlex.split(line) for line in lines if " ui " in f" {line} " and "mlflow" in line]
     option = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
     for name in ("--backend-store-uri", "--host", "--port"):
         assert option(link, name) == option(serve, name), name
     assert option(serve, "--port") == "5123"
-    order = [i for i, line in enumerate(lines) if "-m netslim.tracking" in line or "mlflow ui" in line]
-    assert "-m netslim.tracking" in lines[order[0]]  # the link comes before the server blocks the terminal
+    order = [i for i, line in enumerate(lines) if "-m netslim.mlflow_ui" in line or "mlflow ui" in line]
+    assert "-m netslim.mlflow_ui" in lines[order[0]]  # the link comes before the server blocks the terminal
 
 
 def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow, tmp_path):
@@ -934,9 +937,10 @@ def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow
     config = config_from_dict({"tracking": {"uri": in_process_mlflow, "experiment": "lineage"}})
     model = build_model("resnet50", 4, width=0.0625)
     with tracking.stage_run(config, "prune", "prune 90%", ratio="0.9") as prune:
-        prune.save_model(tmp_path / "pruned.pt", model, {"stage": "prune", tracking.RUN_ID_KEY: "stale"})
+        save_checkpoint(prune, tmp_path / "pruned.pt", model, {"stage": "prune", tracking.RUN_ID_KEY: "stale"})
     with tracking.stage_run(config, "finetune", "finetune 90%", ratio="0.9") as finetune:
-        finetune.source(tmp_path / "pruned.pt")
+        pruned = tmp_path / "pruned.pt"
+        finetune.source(pruned, file_sha256(pruned), load_checkpoint(pruned)["provenance"])
     assert not prune.lost and not finetune.lost, prune.lost + finetune.lost
 
     client = MlflowClient(in_process_mlflow)
@@ -956,6 +960,7 @@ def test_stage_run_logs_params_datasets_and_lineage_in_process(in_process_mlflow
         "data.image_size",
         "train.sparsity_threshold",
         "prune.lambda",  # which sparse model is the distillation teacher
+        "runtime.threads",  # per-process CPU threads (dvc.yaml: they change the last bits of sums)
     }
     assert set(run.data.params) == whole | single
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}

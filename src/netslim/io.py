@@ -13,7 +13,6 @@ import contextlib
 import csv
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import math
@@ -26,6 +25,8 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from netslim.digest import file_sha256 as file_sha256  # where the stages and models have always found it
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -140,14 +141,6 @@ def save_torch(path: str | Path, obj: Any) -> None:
             if isinstance(cause, OSError):
                 raise cause from None
             raise
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         tracking.stage_run(config, "export", "export", params=compared, **{"lambda": lam}) as run,
     ):
         run.set_tags({"ort_threads": threads, "opset": OPSET})  # stage_run itself logs the params dvc.yaml lists
-        run.linked_sources(list(sources.values()))
+        run.linked_sources({sources[name]: checkpoint["provenance"] for name, checkpoint in checkpoints.items()})
         exported, metrics = {}, {}
         for name, model in models.items():  # each checked right after its export: a wrong file stops the stage early
             info = metadata | {"model": name, "arch": model.arch, "cfg": json.dumps(model.cfg)}

@@ -15,6 +15,7 @@ from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, w
 from netslim.layout import Layout
 from netslim.measure import model_summary
 from netslim.models import count_params, load_model, model_from_checkpoint
+from netslim.stages.model_tracking import log_model, save_checkpoint
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import configured_distillation, finetune
 
@@ -59,10 +60,12 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
         stage_outputs(
             layout.work("finetune", label), f"finetune --ratio {label}", files, needs, is_main_process()
         ) as outputs,
-        tracking.stage_run(config, "finetune", f"finetune {percent}", params=params, **tags) as run,
+        tracking.stage_run(
+            config, "finetune", f"finetune {percent}", params=params, main_process=is_main_process(), **tags
+        ) as run,
     ):
-        run.source(source, prov)
         source_hash = identity["source"]
+        run.source(source, source_hash, prov)
         tuned = finetune(
             model,
             data,
@@ -93,7 +96,8 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             "thop_macs": summary["thop_macs"],
             "meets_constraints": config.constraints.met_by(best["test_acc"], summary["params"]),
         }
-        run.save_model(
+        save_checkpoint(
+            run,
             outputs.path(out),
             model,
             prov
@@ -112,7 +116,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             {(f"best_{k}" if k in ("val_acc", "test_acc") else k): float(v) for k, v in metrics.items()},
             headline=("best_test_acc", "best_val_acc", "num_params", "macs", "meets_constraints"),
         )
-        run.model(model, data.test.images[:2], data.mean, data.std, register=True, metrics=metrics)
+        log_model(run, model, data.test.images[:2], data.mean, data.std, register=True, metrics=metrics)
     layout.state("finetune", label).unlink(missing_ok=True)
     print(
         f"finetune {percent}: test acc {metrics['test_acc']:.4f} (best epoch {result.best_epoch}), "

@@ -11,10 +11,11 @@ from netslim import tracking
 from netslim.config import BUDGET, Config, lambda_label, parse_lambda, parse_ratio, ratio_label
 from netslim.data import load_prepared
 from netslim.engine import resolve_device
-from netslim.io import file_sha256, stage_outputs, write_csv, write_metrics
+from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.measure import channels_per_layer
-from netslim.models import count_params, load_model
+from netslim.models import count_params, model_from_checkpoint
+from netslim.stages.model_tracking import log_model, save_checkpoint
 from netslim.steps.prune import LatencyOf, prune_step
 
 
@@ -30,7 +31,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     device = resolve_device(config.experiment.device)
     source = layout.sparse_best(lam)
-    sparse = load_model(source, config.model.arch)
+    checkpoint = load_checkpoint(source)
+    sparse = model_from_checkpoint(checkpoint, source, config.model.arch)
+    source_sha256 = file_sha256(source)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     params = {"ratio": label, "lambda": lam}
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         stage_outputs(layout.work("prune", label), f"prune --ratio {label}", files, needs) as outputs,
         tracking.stage_run(config, "prune", f"prune {_percent(label)}", params=params, **tags) as run,
     ):
-        run.source(source)
+        run.source(source, source_sha256, checkpoint.get("provenance") or {})
         outcome = prune_step(sparse, data, config, device, target, _latency_of(config, target, data.image_shape))
         result, chosen, acc = outcome.result, outcome.variant, outcome.test_acc
         provenance = {
@@ -53,9 +56,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "bias_compensation": config.prune.bias_compensation,
             "recalibration_batches": config.prune.recalibration_batches,
             "source": str(source),
-            "source_sha256": file_sha256(source),
+            "source_sha256": source_sha256,
         }
-        run.save_model(outputs.path(out), result.model, provenance)
+        save_checkpoint(run, outputs.path(out), result.model, provenance)
         channels = channels_per_layer(result.model)
         before = channels_per_layer(sparse)
         write_csv(
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         outputs.commit()
         run.metrics(metrics, headline=("test_acc_before_finetune", "num_params", "macs", "ratio_used", "threshold"))
         run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
-        run.model(result.model, data.test.images[:2], data.mean, data.std)
+        log_model(run, result.model, data.test.images[:2], data.mean, data.std)
     print(
         f"prune {label} (λ={lam}): ratio {result.ratio:.4f}, threshold {result.threshold:.4g}\n"
         f"  params {metrics['num_params_unpruned']:,} -> {metrics['num_params']:,}, "

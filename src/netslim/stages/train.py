@@ -16,6 +16,7 @@ from netslim.engine import is_main_process, resolve_device, set_deterministic
 from netslim.io import file_sha256, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.models import build_model, count_params, prunable_batchnorms
+from netslim.stages.model_tracking import log_gamma_histogram, log_model, save_checkpoint
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.train import initial_model, sparsity_train
 
@@ -58,15 +59,17 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     work, needs = layout.work("train", label), _bytes_needed(config, data)
     with (
         stage_outputs(work, f"train --lambda {label}", files, needs, is_main_process()) as outputs,
-        tracking.stage_run(config, "train", f"train λ={label}", params={"lambda": label}, **tags) as run,
+        tracking.stage_run(
+            config, "train", f"train λ={label}", params={"lambda": label}, main_process=is_main_process(), **tags
+        ) as run,
     ):
         if run.enabled:
-            run.gamma_histogram(initial_model(config, data.num_classes), 0, label, gamma_max)
+            log_gamma_histogram(run, initial_model(config, data.num_classes), 0, label, gamma_max)
 
         def on_epoch(record: dict, m: torch.nn.Module) -> None:
             run.epoch(record)
             if record["epoch"] % every == 0 or record["epoch"] == settings.epochs:
-                run.gamma_histogram(m, record["epoch"], label, gamma_max)
+                log_gamma_histogram(run, m, record["epoch"], label, gamma_max)
 
         sparse = sparsity_train(
             config,
@@ -80,10 +83,10 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             return 0
         result = sparse.fit
         provenance = {"stage": "train", "lambda": lam, "dataset": config.data.dataset, "epochs": settings.epochs}
-        run.save_model(outputs.path(out / "last.pt"), sparse.model, provenance | {"epoch": settings.epochs})
+        save_checkpoint(run, outputs.path(out / "last.pt"), sparse.model, provenance | {"epoch": settings.epochs})
         model = sparse.best_model()
-        run.save_model(outputs.path(out / "best.pt"), model, provenance | {"epoch": result.best_epoch})
-        run.model(model, data.test.images[:2], data.mean, data.std)
+        save_checkpoint(run, outputs.path(out / "best.pt"), model, provenance | {"epoch": result.best_epoch})
+        log_model(run, model, data.test.images[:2], data.mean, data.std)
         write_csv(outputs.path(reports / "history.csv"), result.history)
         write_csv(outputs.path(reports / "gammas.csv"), gamma_rows(model))
         last = result.history[-1]
