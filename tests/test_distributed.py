@@ -30,7 +30,8 @@ import torch
 
 import netslim.steps.train as train_step
 from netslim.cli import main
-from netslim.engine import fit, world
+from netslim.distributed import world
+from netslim.engine import fit
 from netslim.models import unwrap
 
 dump_dir = Path(sys.argv[1])

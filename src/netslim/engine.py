@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from netslim.config import SCHEDULES, ConfigError, milestone_epochs
+from netslim.config import SCHEDULES, milestone_epochs
 from netslim.data import PreparedData, Split, normalize, random_crop_flip
-from netslim.distributed import local_rank
+from netslim.distributed import broadcast_buffers, check_ranks_agree, is_main_process, world
 from netslim.io import CheckpointError, load_checkpoint, save_torch
 from netslim.models import memory_format, unwrap
 from netslim.slimming.sparsity import add_l1_subgradient, sparsity
@@ -96,39 +96,7 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ---- device and distribution ----------------------------------------------------------------
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """experiment.device as a torch.device; under torchrun, "auto" and "cuda" mean GPU LOCAL_RANK of this node."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"experiment.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"experiment.device: {name!r} but CUDA is not available here; use auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise ConfigError(
-            f"experiment.device: {name!r} but this machine has {count} CUDA device(s); use auto or cuda:0..{count - 1}"
-        )
-    if device.type == "cuda" and device.index is None:
-        # LOCAL_RANK, not the global rank: on the second node rank 8 is that node's GPU 0.
-        device = torch.device("cuda", local_rank() % torch.cuda.device_count())
-    return device
-
-
-def world() -> tuple[int, int]:
-    """(rank, world_size); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    return world()[0] == 0
+# ---- run settings ---------------------------------------------------------------------------
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -352,27 +320,6 @@ def load_training_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return state
 
 
-def broadcast_buffers(model: nn.Module) -> None:
-    """Copy rank 0's buffers (BN running statistics) to every rank.
-
-    DDP broadcasts them before each forward, but the last step's update stays per rank; without this
-    the ranks would evaluate, pick best epochs and end with different BN statistics.
-    """
-    for buffer in unwrap(model).buffers():
-        dist.broadcast(buffer, src=0)
-
-
-def _check_ranks_agree(start_epoch: int, device: torch.device, state_path: Path | None) -> None:
-    """Every rank must resume from the same epoch; a state file only rank 0 can see would split them."""
-    bounds = torch.tensor([start_epoch, -start_epoch], device=device)
-    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
-    if int(bounds[0]) != -int(bounds[1]):
-        raise RuntimeError(
-            f"--resume: ranks would start after epochs {-int(bounds[1])}..{int(bounds[0])}; {state_path} must be on "
-            "a filesystem every node shares (set paths.state), or run without --resume"
-        )
-
-
 def fit(
     model: nn.Module,
     data: PreparedData,
@@ -428,7 +375,7 @@ def fit(
 
     train_model: nn.Module = model
     if world_size > 1:
-        _check_ranks_agree(start_epoch, device, state_path)
+        check_ranks_agree(start_epoch, device, state_path)
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )

@@ -108,7 +108,7 @@ class Study:
 
 def open_study(config: Config, studies: StudiesConfig) -> Study:
     from netslim.data import load_prepared
-    from netslim.engine import resolve_device
+    from netslim.distributed import resolve_device
 
     layout = Layout(config.paths)
     data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)

@@ -10,7 +10,8 @@ import argparse
 from netslim import distributed, tracking
 from netslim.config import BUDGET, Config, lambda_label, parse_ratio, ratio_label
 from netslim.data import load_prepared
-from netslim.engine import is_main_process, resolve_device, set_deterministic
+from netslim.distributed import is_main_process, resolve_device
+from netslim.engine import set_deterministic
 from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.measure import model_summary

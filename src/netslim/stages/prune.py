@@ -10,7 +10,7 @@ import argparse
 from netslim import tracking
 from netslim.config import BUDGET, Config, lambda_label, parse_lambda, parse_ratio, ratio_label
 from netslim.data import load_prepared
-from netslim.engine import resolve_device
+from netslim.distributed import resolve_device
 from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.measure import channels_per_layer

@@ -19,7 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from netslim import tracking
 from netslim.config import Config, ConfigError, validate
 from netslim.data import load_prepared
-from netslim.engine import resolve_device, set_deterministic
+from netslim.distributed import resolve_device
+from netslim.engine import set_deterministic
 from netslim.io import file_sha256, write_csv, write_json
 from netslim.layout import Layout
 from netslim.search.choice import summarize, trial_row

@@ -12,7 +12,8 @@ import torch
 from netslim import distributed, tracking
 from netslim.config import Config, lambda_label, parse_lambda
 from netslim.data import PreparedData, load_prepared
-from netslim.engine import is_main_process, resolve_device, set_deterministic
+from netslim.distributed import is_main_process, resolve_device
+from netslim.engine import set_deterministic
 from netslim.io import file_sha256, stage_outputs, write_csv, write_metrics
 from netslim.layout import Layout
 from netslim.models import build_model, count_params, prunable_batchnorms

@@ -40,7 +40,8 @@ from torch import nn
 
 from netslim.config import Config, ConfigError, TrackingConfig
 from netslim.data import PreparedData, Split, normalize
-from netslim.engine import FitSettings, epoch_generator, make_optimizer, resolve_device, train_one_epoch
+from netslim.distributed import resolve_device
+from netslim.engine import FitSettings, epoch_generator, make_optimizer, train_one_epoch
 from netslim.io import atomic_write_text, write_json
 from netslim.measure import count_conv_linear_macs, forward_runner, interleaved_seconds, synchronizer
 from netslim.models import ARCHITECTURES, build_model, memory_format, prunable_batchnorms

@@ -176,7 +176,8 @@ def run_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
     import torch
 
     from netslim.config import parse_lambda
-    from netslim.engine import resolve_device, set_deterministic
+    from netslim.distributed import resolve_device
+    from netslim.engine import set_deterministic
 
     config = seed_config(args.params, args.profile)
     shape = SeedShape.of(config)

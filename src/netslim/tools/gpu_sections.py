@@ -255,7 +255,8 @@ def torchrun_worker(args: argparse.Namespace) -> int:
     import torch
 
     from netslim import distributed
-    from netslim.engine import fit, resolve_device, world
+    from netslim.distributed import resolve_device, world
+    from netslim.engine import fit
     from netslim.models import build_model
 
     size = SIZES[args.size]

@@ -334,7 +334,7 @@ def stage_run(
     Args:
         nested: start the run under the active run of this process (search trials under the study).
         params: what tells this stage's runs apart (`lambda`, `ratio`, ...), logged as params as given.
-        main_process: False on every rank but the first of a distributed stage (engine.is_main_process):
+        main_process: False on every rank but the first of a distributed stage (distributed.is_main_process):
             those log nothing, so a torchrun stage is one run.
         tags: more tags (lambda, ratio, ...); arch and dataset here override the config's.
 
