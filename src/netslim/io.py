@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from netslim.vocabulary import VAL_ACC
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -198,7 +200,7 @@ def _unpickling_reason(error: pickle.UnpicklingError) -> str:
 
 METRIC_LIMIT = 1e15  # no count, ratio, accuracy or time netslim measures comes near: larger means a broken file
 # NaN where nothing was measured: the validation accuracies of a run without a validation split (data.val_size: 0)
-NOT_MEASURED = frozenset({"val_acc", "val_acc_before_finetune", "best_val_acc"})
+NOT_MEASURED = frozenset({VAL_ACC})
 
 
 def check_metrics(metrics: Mapping[str, Any], source: str | Path) -> None:

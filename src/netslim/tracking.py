@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ruamel.yaml import YAML, YAMLError
 
 from netslim.config import Config, lambda_label, load_config, read_yaml
+from netslim.vocabulary import MEETS_CONSTRAINTS, NUM_PARAMS, SPARSITY, TEST_ACC, curve
 
 if TYPE_CHECKING:
     import torch
@@ -63,11 +64,7 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 HEADLINE_COLUMNS = (
     "params.`lambda`",
     "params.`ratio`",
-    "metrics.`best_test_acc`",
-    "metrics.`test_acc_before_finetune`",
-    "metrics.`num_params`",
-    "metrics.`best_sparsity`",
-    "metrics.`meets_constraints`",
+    *(f"metrics.`{key}`" for key in (TEST_ACC, NUM_PARAMS, SPARSITY, MEETS_CONSTRAINTS)),
 )
 HEADLINE_VIEW = json.dumps({"selectedColumns": list(HEADLINE_COLUMNS)})
 
@@ -323,8 +320,9 @@ class Tracker:
         self._call(f"log_metrics(step={step})", lambda: self._mlflow.log_metrics(numeric, step=step))
 
     def epoch(self, record: dict[str, float]) -> None:
-        """Every per-epoch value with step = epoch, so the UI draws the curves."""
-        self.metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+        """Every per-epoch value as `epoch/<key>` with step = epoch, so the UI draws the curves (and the best
+        epoch's values keep their plain names)."""
+        self.metrics({curve(k): v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
 
     def dict(self, obj: Any, filename: str) -> None:
         self._call(f"log_dict({filename})", lambda: self._mlflow.log_dict(obj, filename))

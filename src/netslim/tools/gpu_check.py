@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from netslim import vocabulary as vocab
 from netslim.io import atomic_write_text, write_json
 
 if TYPE_CHECKING:
@@ -319,8 +320,11 @@ def prune_section(sparse, data, config: Config, device, ratio: float) -> tuple[A
 
     outcome = prune_step(sparse.cpu(), data, config, device, ratio)  # the stage loads it on the CPU, then moves it
     metrics = outcome.metrics()
-    keep = ("ratio_used", "channels_removed", "num_params", "num_params_unpruned", "macs", "macs_unpruned")
-    keep += ("macs_ratio", "speedup_b1", "speedup_b64", "throughput_b64", "throughput_b64_unpruned")
+    ips, speedup = vocab.EAGER_IMAGES_PER_S, vocab.EAGER_SPEEDUP
+    keep = (vocab.RATIO_USED, vocab.CHANNELS_REMOVED, vocab.MACS_RATIO)
+    keep += (*vocab.SIZE[:2], *(vocab.of_sparse(k) for k in vocab.SIZE[:2]))
+    keep += tuple(vocab.per_batch(speedup, b) for b in (1, 64))
+    keep += tuple(vocab.per_batch(k, 64) for k in (ips, vocab.of_sparse(ips)))
     return outcome.result.model, {k: metrics[k] for k in keep if k in metrics} | {"variant": outcome.variant}
 
 
@@ -666,9 +670,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         kind = key.split("/")[0]
         if kind == "prune":
             checks.append(
-                f"- {key}: params {t['num_params_unpruned']:,} → {t['num_params']:,}, MACs ratio "
-                f"{t['macs_ratio']:.2f}×, eager speedup {t.get('speedup_b1', math.nan):.2f}× at batch 1, "
-                f"{t.get('speedup_b64', math.nan):.2f}× at batch 64"
+                f"- {key}: params {t[vocab.of_sparse(vocab.NUM_PARAMS)]:,} → {t[vocab.NUM_PARAMS]:,}, MACs ratio "
+                f"{t[vocab.MACS_RATIO]:.2f}×, eager speedup "
+                + " and ".join(
+                    f"{t.get(vocab.per_batch(vocab.EAGER_SPEEDUP, b), math.nan):.2f}× at batch {b}" for b in (1, 64)
+                )
             )
         elif kind == "l1_autocast":
             checks.append(
@@ -681,7 +687,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             cuda_text = cuda if isinstance(cuda, str) else f"{cuda['speedup']:.2f}× at batch {cuda['batch_size']}"
             checks.append(
                 f"- {key}: exported in {t['unpruned_export_seconds']:.0f} s / {t['pruned_export_seconds']:.0f} s, "
-                f"ONNX Runtime CPU ({t['threads']} threads) pruned speedup {row['speedup']:.2f}× at batch "
+                f"ONNX Runtime CPU ({t['threads']} threads) pruned speedup {row[vocab.ONNX_SPEEDUP]:.2f}× at batch "
                 f"{row['batch_size']}; CUDA provider: {cuda_text}"
             )
         elif kind == "fit":
