@@ -14,6 +14,18 @@ import yaml
 from conftest import ROOT, committed_params
 from netslim import cli
 from netslim.ci_report import MARKER, Diff, render
+from netslim.vocabulary import (
+    BASELINE,
+    EAGER_SPEEDUP,
+    MEETS_CONSTRAINTS,
+    NUM_PARAMS,
+    TEST_ACC,
+    finetuned_model,
+    per_batch,
+)
+
+TUNED = f"reports/metrics/{finetuned_model('0.9')}.json"
+SPEEDUP = per_batch(EAGER_SPEEDUP, 64)
 
 WORKFLOW = ROOT / ".github" / "workflows" / "pr-metrics.yml"
 
@@ -50,43 +62,51 @@ def close(a: float, b: float) -> bool:
 
 def test_each_models_changed_metrics_become_a_table_with_deltas_and_percent_only_where_sensible():
     metrics = {
-        "reports/metrics/finetuned_0.9.json": {
-            "test_acc": {"old": 0.8, "new": 0.84, "diff": 0.04},
-            "num_params": {"old": 120000, "new": 110000, "diff": -10000},
-            "meets_constraints": {"old": False, "new": True},
+        TUNED: {
+            TEST_ACC: {"old": 0.8, "new": 0.84, "diff": 0.04},
+            NUM_PARAMS: {"old": 120000, "new": 110000, "diff": -10000},
+            MEETS_CONSTRAINTS: {"old": False, "new": True},
         },
-        "reports/metrics/unpruned_lambda_0.json": {"test_acc": {"old": 0.9, "new": 0.9, "diff": 0}},
+        f"reports/metrics/{BASELINE}.json": {TEST_ACC: {"old": 0.9, "new": 0.9, "diff": 0}},
     }
     params = {"params.yaml": {"finetune.lr": {"old": 0.001, "new": 0.0005}}}
     md = render("origin/main", "0123456789abcdef", Diff(metrics, []), Diff(params, []))
     assert md.startswith(MARKER + "\n")
-    finetuned = table_rows(md, "#### `reports/metrics/finetuned_0.9.json`")
-    assert list(finetuned) == ["metric", "test_acc", "num_params", "meets_constraints"]  # accuracy first, then size
-    assert finetuned["test_acc"] == ["0.8", "0.84", "+0.04", "+5.0%"]
-    assert finetuned["num_params"] == ["120,000", "110,000", "-10,000", "-8.3%"]
-    assert finetuned["meets_constraints"] == ["no", "yes", "—", "—"]  # a verdict has no delta
-    assert "unpruned" not in md  # an unchanged metric is no row and its model no table
+    finetuned = table_rows(md, f"#### `{TUNED}`")
+    assert list(finetuned) == ["metric", TEST_ACC, NUM_PARAMS, MEETS_CONSTRAINTS]  # accuracy first, then size
+    assert finetuned[TEST_ACC] == ["0.8", "0.84", "+0.04", "+5.0%"]
+    assert finetuned[NUM_PARAMS] == ["120,000", "110,000", "-10,000", "-8.3%"]
+    assert finetuned[MEETS_CONSTRAINTS] == ["no", "yes", "—", "—"]  # a verdict has no delta
+    assert BASELINE not in md  # an unchanged metric is no row and its model no table
     assert table_rows(md, "### Params")["finetune.lr"] == ["0.001", "0.0005"]
     assert "has no metrics to compare with" not in md and "Timings" not in md
 
 
 def test_timings_come_after_the_metrics_folded_away_and_said_to_be_noisy():
-    metrics = {"reports/metrics/finetuned_0.9.json": {"test_acc": {"old": 0.8, "new": 0.84, "diff": 0.04}}}
-    timings = {"reports/timings/pruned_0.9.json": {"speedup_b64": {"old": 1.4, "new": 1.5, "diff": 0.1}}}
+    metrics = {TUNED: {TEST_ACC: {"old": 0.8, "new": 0.84, "diff": 0.04}}}
+    timings = {"reports/timings/pruned_0.9.json": {SPEEDUP: {"old": 1.4, "new": 1.5, "diff": 0.1}}}
     md = render("main", "abc", Diff(metrics, []), Diff({}, []), Diff(timings, []))
     metrics_part, timings_part = md.split("### Timings")
-    assert "speedup" not in metrics_part and "test_acc" not in timings_part
+    assert "speedup" not in metrics_part and TEST_ACC not in timings_part
     assert "<details><summary>Timings (noisy" in timings_part and "</details>" in timings_part
-    assert table_rows(md, "#### `reports/timings/pruned_0.9.json`")["speedup_b64"] == ["1.4", "1.5", "+0.1", "+7.1%"]
+    assert table_rows(md, "#### `reports/timings/pruned_0.9.json`")[SPEEDUP] == ["1.4", "1.5", "+0.1", "+7.1%"]
+
+
+def test_a_renamed_metric_shows_as_the_old_name_gone_and_the_new_one_added():
+    """No old-to-new mapping: against a base from before a rename, the diff says what each revision called it."""
+    timings = {"reports/timings/pruned_0.9.json": {"speedup_b64": {"old": 1.4}, SPEEDUP: {"new": 1.5}}}
+    md = render("main", "abc", Diff({}, []), Diff({}, []), Diff(timings, []))
+    rows = table_rows(md, "#### `reports/timings/pruned_0.9.json`")
+    assert rows["speedup_b64"][:2] == ["1.4", "—"] and rows[SPEEDUP][:2] == ["—", "1.5"]
 
 
 def test_nothing_changed_says_so_and_a_base_without_metrics_is_named():
     md = render("main", "abc", Diff({}, []), Diff({}, []))
     assert "No metric changed." in md and "No param changed." in md and "| metric |" not in md
-    only_new = {"reports/metrics/finetuned_0.9.json": {"test_acc": {"old": None, "new": 0.7}}}
+    only_new = {TUNED: {TEST_ACC: {"old": None, "new": 0.7}}}
     md = render("main", "abc", Diff(only_new, ["ERROR: failed to load metrics at 'main'"]), Diff({}, []))
     assert "`main` has no metrics to compare with: commit `dvc.lock`" in md
-    assert table_rows(md, "#### `reports/metrics/finetuned_0.9.json`")["test_acc"] == ["—", "0.7", "—", "—"]
+    assert table_rows(md, f"#### `{TUNED}`")[TEST_ACC] == ["—", "0.7", "—", "—"]
     assert "> dvc: ERROR: failed to load metrics at 'main'" in md
 
 

@@ -45,6 +45,24 @@ from netslim.measure import count_conv_linear_macs
 from netslim.models import architecture, batchnorms, load_model, save_model
 from netslim.slimming.budget import budget_ratio
 from netslim.slimming.surgery import prune
+from netslim.vocabulary import (
+    EAGER_IMAGES_PER_S,
+    EAGER_SPEEDUP,
+    MACS,
+    MACS_RATIO,
+    NUM_PARAMS,
+    ONNX_IMAGES_PER_S,
+    ONNX_OVER_EAGER,
+    ONNX_SPEEDUP,
+    ONNX_SPEEDUP_OVER_MACS_RATIO,
+    ROUND_TO,
+    TEST_ACC,
+    finetuned_model,
+    of_sparse,
+    per_batch,
+    pruned_model,
+    train_model,
+)
 from test_slimming import randomised
 
 
@@ -176,13 +194,14 @@ def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None
     assert torch.get_num_threads() == threads  # restored
     assert [row["batch_size"] for row in rows] == [1, 4]
     for row in rows:
-        assert row["speedup"] == row["onnx_images_per_s"] / row["onnx_images_per_s_unpruned"] > 0
-        assert row["eager_speedup"] == row["eager_images_per_s"] / row["eager_images_per_s_unpruned"] > 0
-        assert row["onnx_over_eager"] == row["onnx_images_per_s"] / row["eager_images_per_s"]
-        assert row["macs_ratio"] == count_conv_linear_macs(reference.model) / count_conv_linear_macs(pruned.model) > 1
-        assert row["speedup_over_macs_ratio"] == pytest.approx(row["speedup"] / row["macs_ratio"])
+        onnx, eager = row[ONNX_IMAGES_PER_S], row[EAGER_IMAGES_PER_S]
+        assert row[ONNX_SPEEDUP] == onnx / row[of_sparse(ONNX_IMAGES_PER_S)] > 0
+        assert row[EAGER_SPEEDUP] == eager / row[of_sparse(EAGER_IMAGES_PER_S)] > 0
+        assert row[ONNX_OVER_EAGER] == onnx / eager
+        assert row[MACS_RATIO] == count_conv_linear_macs(reference.model) / count_conv_linear_macs(pruned.model) > 1
+        assert row[ONNX_SPEEDUP_OVER_MACS_RATIO] == pytest.approx(row[ONNX_SPEEDUP] / row[MACS_RATIO])
     onnx_only = speed_rows(reference, pruned, threads=1, batch_sizes=(2,), repeats=1, warmup=0, eager=False)
-    assert "eager_speedup" not in onnx_only[0] and onnx_only[0]["speedup"] > 0
+    assert EAGER_SPEEDUP not in onnx_only[0] and onnx_only[0][ONNX_SPEEDUP] > 0
 
 
 def test_a_timed_sample_covers_64_images_unless_fewer_calls_last_long_enough() -> None:
@@ -214,7 +233,7 @@ def test_smaller_images_are_exported_timed_and_counted_at_their_own_size() -> No
     assert at16[0] < count_conv_linear_macs(
         pair["reference"].model
     )  # a quarter of the pixels: fewer MACs than at 32×32
-    assert row["macs_ratio"] == at16[0] / at16[1] and row["speedup"] > 0
+    assert row[MACS_RATIO] == at16[0] / at16[1] and row[ONNX_SPEEDUP] > 0
 
 
 # ---- the latency budget, measured -----------------------------------------------------------------------
@@ -251,43 +270,44 @@ def project(tmp_path, fmnist_dir, monkeypatch):
 
 def test_export_stage_writes_checked_onnx_files_and_speed_metrics(project, capsys) -> None:
     assert main(["export"]) == 0
-    for name in ("unpruned", "finetuned_0.5"):
+    sparse = train_model("1e-4")  # the model the fine-tuned one was pruned from, and is timed against
+    for name, source in ((sparse, "models/sparse/1e-4/best.pt"), (finetuned_model("0.5"), "models/finetuned/0.5.pt")):
         proto = onnx.load(project / f"models/exported/{name}.onnx")
         meta = {p.key: p.value for p in proto.metadata_props}
         assert meta["model"] == name and json.loads(meta["std"]) and meta["dataset"] == "fashion-mnist"
-        reference = load_model(
-            project / ("models/sparse/1e-4/best.pt" if name == "unpruned" else "models/finetuned/0.5.pt")
-        )
+        reference = load_model(project / source)
         session = ort_session(project / f"models/exported/{name}.onnx", threads=1)
         assert max_abs_difference(reference, session, images(4)) <= 1e-4
     metrics = json.loads((project / "reports/export/metrics.json").read_text())
     assert metrics["threads"] == 1 and metrics["opset"] == OPSET and metrics["pad_to"] == 8
-    tuned = metrics["finetuned_0.5"]
+    tuned = metrics[finetuned_model("0.5")]
     # the fine-tuned model's export is padded to multiples of 8 (checked above: the same logits as the pruned model)
     finetuned = load_model(project / "models/finetuned/0.5.pt")
     padded = pad_channels(finetuned, 8)
     meta = {p.key: p.value for p in onnx.load(project / "models/exported/finetuned_0.5.onnx").metadata_props}
     assert meta["padded_to"] == "8" and json.loads(meta["padded_cfg"]) == padded.cfg != finetuned.cfg
     assert json.loads(meta["cfg"]) == finetuned.cfg
-    assert tuned["onnx_macs"] == count_conv_linear_macs(padded) > tuned["macs"] == count_conv_linear_macs(finetuned)
+    assert tuned["onnx_macs"] == count_conv_linear_macs(padded) > tuned[MACS] == count_conv_linear_macs(finetuned)
     assert tuned["max_abs_diff"] <= 1e-4 and 0 <= tuned["onnx_test_acc"] <= 1
-    assert tuned["macs_ratio"] == metrics["unpruned"]["macs"] / tuned["macs"] > 1
+    assert tuned[MACS_RATIO] == metrics[sparse][MACS] / tuned[MACS] > 1
     for b in (1, 8):
-        assert tuned[f"speedup_b{b}"] == tuned[f"onnx_images_per_s_b{b}"] / tuned[f"onnx_images_per_s_unpruned_b{b}"]
-        assert tuned[f"eager_speedup_b{b}"] > 0
+        rates = tuned[per_batch(ONNX_IMAGES_PER_S, b)], tuned[per_batch(of_sparse(ONNX_IMAGES_PER_S), b)]
+        assert tuned[per_batch(ONNX_SPEEDUP, b)] == rates[0] / rates[1]
+        assert tuned[per_batch(EAGER_SPEEDUP, b)] > 0
     widths = json.loads((project / "reports/export/widths.json").read_text())
-    plain, rounded = widths["pruned_0.5"], widths["pruned_0.5_round4"]
-    assert (plain["round_to"], rounded["round_to"]) == (1, 4)
-    assert plain["params"] < rounded["params"] and plain["macs"] < rounded["macs"]
-    assert plain["params"] == tuned["params"]  # the fine-tuned model is the plain pruned one here
-    assert 0 <= rounded["test_acc"] <= 1 and rounded["speedup_b8"] > 0
+    plain, rounded = widths[pruned_model("0.5")], widths[pruned_model("0.5") + "_round4"]
+    assert (plain[ROUND_TO], rounded[ROUND_TO]) == (1, 4)
+    assert plain[NUM_PARAMS] < rounded[NUM_PARAMS] and plain[MACS] < rounded[MACS]
+    assert plain[NUM_PARAMS] == tuned[NUM_PARAMS]  # the fine-tuned model is the plain pruned one here
+    assert 0 <= rounded[TEST_ACC] <= 1 and rounded[per_batch(ONNX_SPEEDUP, 8)] > 0
     assert "finetuned_0.5: max |Δ logit|" in capsys.readouterr().out
 
 
 def test_export_stage_fails_in_one_line_and_writes_nothing_when_onnx_runtime_disagrees(project, capsys) -> None:
     assert main(["export", "--set", "export.atol=1e-12"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: export: unpruned: ONNX Runtime's logits differ") and err.count("\n") == 1, err
+    assert err.startswith("error: export: sparse_lambda_1e-4: ONNX Runtime's logits differ"), err
+    assert err.count("\n") == 1, err
     assert not (project / "models/exported").exists() and not (project / "reports/export").exists()
     assert not list((project / ".netslim/state").glob("*.staging"))  # the staged files went with the failure
 
@@ -330,24 +350,25 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
         "threads": 2,
         "opset": OPSET,
         "pad_to": 8,
-        "unpruned": {"macs": 1000, "max_abs_diff": 1e-6},
-        "finetuned_0.9": {
-            "macs_ratio": 5.5,
+        train_model("1e-2"): {MACS: 1000, "max_abs_diff": 1e-6},
+        finetuned_model("0.9"): {
+            MACS_RATIO: 5.5,
             "onnx_macs": 1_234_567,
-            "speedup_b1": 2.2,
-            "speedup_b64": 3.85,
-            "speedup_over_macs_ratio_b1": 0.4,
-            "speedup_over_macs_ratio_b64": 0.7,
-            "eager_speedup_b1": 1.41,
-            "eager_speedup_b64": 1.88,
+            per_batch(ONNX_SPEEDUP, 1): 2.2,
+            per_batch(ONNX_SPEEDUP, 64): 3.85,
+            per_batch(ONNX_SPEEDUP_OVER_MACS_RATIO, 1): 0.4,
+            per_batch(ONNX_SPEEDUP_OVER_MACS_RATIO, 64): 0.7,
+            per_batch(EAGER_SPEEDUP, 1): 1.41,
+            per_batch(EAGER_SPEEDUP, 64): 1.88,
             "onnx_test_acc": 0.71,
             "max_abs_diff": 2.5e-6,
         },
     }
+    at64 = per_batch(ONNX_SPEEDUP, 64)
     widths = {
         "threads": 2,
-        "pruned_0.5": {"round_to": 1, "params": 123456, "macs": 2_500_000, "test_acc": 0.5, "speedup_b64": 0.9},
-        "pruned_0.5_round8": {"round_to": 8, "params": 130000, "macs": 2_700_000, "test_acc": 0.52, "speedup_b64": 1.3},
+        pruned_model("0.5"): {ROUND_TO: 1, NUM_PARAMS: 123456, MACS: 2_500_000, TEST_ACC: 0.5, at64: 0.9},
+        pruned_model("0.5") + "_round8": {ROUND_TO: 8, NUM_PARAMS: 130000, MACS: 2_700_000, TEST_ACC: 0.52, at64: 1.3},
     }
     text = "\n\n".join(export_markdown(metrics, widths))
     assert f"opset {OPSET}" in text and "with 2 threads" in text
@@ -358,7 +379,7 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
     )
     assert "padded with zero channels" not in "\n\n".join(export_markdown(metrics | {"pad_to": None}, widths))
     # the fine-tuned 50% model has the plain pruned widths: what padding gave is said from the two rows
-    metrics["finetuned_0.5"] = {"params": 123456, "speedup_b64": 1.5, "onnx_macs": 3_000_000}
+    metrics[finetuned_model("0.5")] = {NUM_PARAMS: 123456, at64: 1.5, "onnx_macs": 3_000_000}
     text = "\n\n".join(export_markdown(metrics, widths))
     assert (
         "Padding at export, at batch 64: pruned 50% + fine-tuned runs 1.50× padded to 8, where its widths unpadded "
@@ -368,7 +389,7 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
     assert "| pruned 50% | 1 | 123,456 | 2.5 M | 50.00% | 0.90× |" in text
     assert "| pruned 50% | 8 | 130,000 | 2.7 M | 52.00% | 1.30× |" in text
     assert (
-        "In this run, at batch 64 against the exported unpruned model: "
+        "In this run, at batch 64 against the exported sparse model: "
         "pruned 50% runs 0.90× with plain widths and 1.30× with widths rounded to 8." in text
     )
 
@@ -380,17 +401,17 @@ def test_the_pull_request_diff_tables_export_speed_per_model() -> None:
     diff = {  # what `dvc metrics diff --json --all` reports for reports/export/metrics.json
         "reports/export/metrics.json": {
             "threads": {"old": 2, "new": 2},
-            "finetuned_0.5.speedup_b64": {"old": 0.9, "new": 1.4, "diff": 0.5},
-            "finetuned_0.5.macs_ratio": {"old": 2.2, "new": 2.0, "diff": -0.2},
-            "finetuned_0.9.speedup_b1": {"old": None, "new": 2.3},
+            f"finetuned_0.5.{per_batch(ONNX_SPEEDUP, 64)}": {"old": 0.9, "new": 1.4, "diff": 0.5},
+            f"finetuned_0.5.{MACS_RATIO}": {"old": 2.2, "new": 2.0, "diff": -0.2},
+            f"finetuned_0.9.{per_batch(ONNX_SPEEDUP, 1)}": {"old": None, "new": 2.3},
         }
     }
     tables = metric_tables(diff)
     assert tables["`reports/export/metrics.json` · finetuned_0.5"] == [
-        Change("macs_ratio", 2.2, 2.0),
-        Change("speedup_b64", 0.9, 1.4),
+        Change(MACS_RATIO, 2.2, 2.0),
+        Change(per_batch(ONNX_SPEEDUP, 64), 0.9, 1.4),
     ]
-    assert tables["`reports/export/metrics.json` · finetuned_0.9"] == [Change("speedup_b1", None, 2.3)]
+    assert tables["`reports/export/metrics.json` · finetuned_0.9"] == [Change(per_batch(ONNX_SPEEDUP, 1), None, 2.3)]
 
 
 def test_export_stage_refuses_a_finetuned_model_of_another_lambda_than_its_reference(project, capsys) -> None:
@@ -400,6 +421,6 @@ def test_export_stage_refuses_a_finetuned_model_of_another_lambda_than_its_refer
     save_torch(path, checkpoint)
     assert main(["export"]) == 2
     assert capsys.readouterr().err == (
-        f"error: {Path('models/finetuned/0.5.pt')}: was pruned from the λ=1e-2 model but the unpruned reference is "
-        "the λ=1e-4 model (prune.lambda); rerun prune and finetune for it (`dvc repro`)\n"
+        f"error: {Path('models/finetuned/0.5.pt')}: was pruned from the λ=1e-2 model but the reference it is timed "
+        "against is the λ=1e-4 model (prune.lambda); rerun prune and finetune for it (`dvc repro`)\n"
     )

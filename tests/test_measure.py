@@ -23,6 +23,7 @@ from netslim.measure import (
 )
 from netslim.models import build_model, prunable_batchnorms
 from netslim.slimming.surgery import prune
+from netslim.vocabulary import FLOPS, MACS, NUM_PARAMS, THOP_MACS
 
 
 def tiny_net() -> nn.Module:
@@ -74,10 +75,10 @@ def test_summary_flops_are_twice_the_conv_linear_macs_and_thop_macs_sit_beside_t
     assert flops_from_macs(221_264) == 442_528
     summary = model_summary(bn_pool_net())
     assert summary == {
-        "params": count_params(bn_pool_net()),
-        "macs": 221_264,
-        "flops": 442_528,
-        "thop_macs": count_thop_macs(bn_pool_net()),
+        NUM_PARAMS: count_params(bn_pool_net()),
+        MACS: 221_264,
+        FLOPS: 442_528,
+        THOP_MACS: count_thop_macs(bn_pool_net()),
     }
 
 
@@ -106,7 +107,7 @@ def test_compare_models_reports_both_models_and_measured_speedup() -> None:
     for side, model in (("reference", reference), ("pruned", pruned)):
         assert report[side] == model_summary(model)
     assert report["macs_ratio"] == report["reference"]["macs"] / report["pruned"]["macs"] > 1
-    assert report["params_ratio"] == report["reference"]["params"] / report["pruned"]["params"] > 1
+    assert report["params_ratio"] == report["reference"][NUM_PARAMS] / report["pruned"][NUM_PARAMS] > 1
     assert [row["batch_size"] for row in report["throughput"]] == [1, 4]
     for row in report["throughput"]:
         assert row["reference_images_per_s"] > 0 and row["pruned_images_per_s"] > 0

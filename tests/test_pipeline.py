@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OPTIONAL_PIPELINES, ROOT, committed_stage_file, run_process, tiny_params, write_params
+from netslim import vocabulary as vocab
 from netslim.ci_report import MARKER
 from netslim.config import read_yaml
 from test_ci_report import cell_number, close, table_rows
@@ -97,21 +98,29 @@ def test_every_declared_output_exists_and_metrics_are_in_range(project):
     ]:
         assert (project / path).is_file(), path
     for metrics in project.glob("reports/*/*/metrics.json"):
-        for key, value in json.loads(metrics.read_text()).items():
+        written = json.loads(metrics.read_text())
+        assert [key for key in written if not vocab.is_metric(key)] == [], metrics  # one vocabulary
+        for key, value in written.items():
             assert isinstance(value, int | float), (metrics, key)
             if key.endswith("acc") or "_acc_" in key:
                 assert 0 <= value <= 1, (metrics, key, value)
             if key.startswith(("num_params", "macs", "flops")) and "ratio" not in key:
                 assert value > 0, (metrics, key, value)
     pruned = json.loads((project / "reports/prune/0.9/metrics.json").read_text())
-    assert pruned["num_params"] < pruned["num_params_unpruned"] and pruned["macs"] < pruned["macs_unpruned"]
+    for key in (vocab.NUM_PARAMS, vocab.MACS):
+        assert pruned[key] < pruned[vocab.of_sparse(key)], key
+    exported = json.loads((project / "reports/export/metrics.json").read_text())
+    models = {key: value for key, value in exported.items() if key not in vocab.EXPORT_SETTINGS}
+    assert set(models) == {vocab.train_model("1e-4"), vocab.finetuned_model("0.5"), vocab.finetuned_model("0.9")}
+    assert [(m, k) for m, values in models.items() for k in values if not vocab.is_metric(k)] == []
 
 
 def models_of(repo: Path) -> set[str]:
     """The models params.yaml makes: one per λ of sparsity training, a pruned and a fine-tuned one per ratio."""
     params = read_yaml((repo / "params.yaml").read_text())
-    trained = {"unpruned_lambda_0" if lam == "0" else f"sparse_lambda_{lam}" for lam in params["train"]["lambdas"]}
-    return trained | {f"{kind}_{ratio}" for ratio in params["prune"]["ratios"] for kind in ("pruned", "finetuned")}
+    trained = {vocab.train_model(lam) for lam in params["train"]["lambdas"]}
+    ratios = params["prune"]["ratios"]
+    return trained | {m(str(r)) for r in ratios for m in (vocab.pruned_model, vocab.finetuned_model)}
 
 
 def test_metrics_show_prints_a_row_per_model_of_params_yaml_in_160_columns_without_warning(project):
@@ -134,7 +143,9 @@ def test_timings_are_shown_apart_from_the_metrics(project):
     ratios = read_yaml((project / "params.yaml").read_text())["prune"]["ratios"]
     assert set(files) == {f"reports/timings/{kind}_{r}.json" for r in ratios for kind in ("pruned", "exported")}
     pruned = files["reports/timings/pruned_0.9.json"]["data"]
-    assert pruned["speedup_b64"] == pytest.approx(pruned["throughput_b64"] / pruned["throughput_b64_unpruned"])
+    ips = vocab.EAGER_IMAGES_PER_S
+    rates = [pruned[vocab.per_batch(key, 64)] for key in (ips, vocab.of_sparse(ips))]
+    assert pruned[vocab.per_batch(vocab.EAGER_SPEEDUP, 64)] == pytest.approx(rates[0] / rates[1])
 
 
 def test_plots_show_renders_offline_the_lambda_and_ratio_overlays(project):

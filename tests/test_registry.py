@@ -26,6 +26,7 @@ from netslim.models.resnet56 import BasicBlock
 from netslim.slimming.surgery import cfg_from_masks, prune, prune_model
 from netslim.slimming.threshold import select_channels
 from netslim.steps.prune import prune_configured
+from netslim.vocabulary import TEST_ACC
 from test_pipeline import DVC, ran_stages, run
 from test_slimming import images, output, randomised, zero_removed_channels
 
@@ -173,7 +174,7 @@ def test_resnet56_runs_through_dvc_repro_and_its_pruned_models_reload_and_match(
         assert torch.equal(output(loaded, x), output(again, x))
         metrics = json.loads(Path(repo / f"reports/prune/{ratio}/metrics.json").read_text())
         _, acc = evaluate(loaded, data.test, data.mean, data.std, device=torch.device("cpu"), batch_size=256, amp=False)
-        assert acc == pytest.approx(metrics["test_acc_before_finetune"], abs=1e-12)
+        assert acc == pytest.approx(metrics[TEST_ACC], abs=1e-12)
         assert load_model(repo / f"models/finetuned/{ratio}.pt").cfg == loaded.cfg
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_params
+from netslim import vocabulary as vocab
 from netslim.cli import main as cli_main
 from netslim.config import Config, ConfigError, PathsConfig, config_from_dict
 from netslim.io import write_csv, write_json
@@ -21,8 +22,19 @@ from netslim.report.captions import SMALL_GAMMA, _exported_speedup, compensation
 from netslim.report.figures import FIGURES, _speedups, scaling_factor_distribution
 from netslim.report.inputs import ReportInputs, meets_constraints, model_name
 from netslim.report.markdown import lr_schedule
-from netslim.report.summary import HEADLINE, timing_metrics
+from netslim.report.summary import timing_metrics
 from netslim.stages import report as stage
+from netslim.vocabulary import (
+    EAGER_IMAGES_PER_S,
+    EAGER_SPEEDUP,
+    HEADLINE,
+    METRICS_FILE,
+    VARIANTS,
+    of_sparse,
+    per_batch,
+    variant_metrics,
+    variant_name,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAMBDAS = ["1e-4", "1e-5", "0"]
@@ -31,15 +43,18 @@ WIDTHS = [16, 16, 32, 32, 64, 64, 128, 128]
 UNPRUNED_PARAMS = 23_520_842
 # ratio -> (accuracy after pruning, after fine-tuning, params): 0.5 misses max_params, 0.9 meets both.
 PRUNED = {"0.5": (0.81, 0.935, 6_000_000), "0.9": (0.42, 0.912, 1_200_000)}
-# The prune stage's measurement of each pruned model: 2× (batch 1) and 3× (batch 64) the unpruned model timed with it.
+# The prune stage's measurement of each pruned model: 2× (batch 1) and 3× (batch 64) the sparse model timed with it.
 TIMED = {
-    "throughput_b1": 300.0,
-    "throughput_b1_unpruned": 150.0,
-    "speedup_b1": 2.0,
-    "throughput_b64": 9000.0,
-    "throughput_b64_unpruned": 3000.0,
-    "speedup_b64": 3.0,
+    per_batch(key, b): value
+    for b, (pruned, sparse) in ((1, (300.0, 150.0)), (64, (9000.0, 3000.0)))
+    for key, value in (
+        (EAGER_IMAGES_PER_S, pruned),
+        (of_sparse(EAGER_IMAGES_PER_S), sparse),
+        (EAGER_SPEEDUP, pruned / sparse),
+    )
 }
+SAVED = variant_name(compensated=True, recalibrated=True)  # what the default prune settings save
+REPAIRED = dict(zip(VARIANTS, (-0.3, -0.2, -0.05, 0.0), strict=True))  # each variant's accuracy - the saved one's
 
 
 def params_dict(tmp_path: Path) -> dict:
@@ -84,35 +99,30 @@ def write_inputs(config: Config) -> None:
             for c in range(width)
         ]
         write_csv(folder / "gammas.csv", gammas)
-        metrics = {"lambda": float(lam), "best_epoch": 3, "best_val_acc": 0.85, "test_acc": 0.94 - 0.01 * i}
-        write_json(
-            folder / "metrics.json", metrics | {"final_test_acc": 0.93, "sparsity": 0.5, "num_params": UNPRUNED_PARAMS}
-        )
+        metrics = {vocab.LAMBDA: float(lam), vocab.BEST_EPOCH: 3, vocab.VAL_ACC: 0.85, vocab.TEST_ACC: 0.94 - 0.01 * i}
+        metrics |= {vocab.FINAL_TEST_ACC: 0.93, vocab.SPARSITY: 0.5, vocab.NUM_PARAMS: UNPRUNED_PARAMS}
+        write_json(folder / METRICS_FILE, metrics)
     for label, (before, after, params) in PRUNED.items():
         macs = int(params * 40)
         prune_metrics = {
-            "ratio_used": float(label),
-            "channels_removed": float(label) - 0.031,  # min_channels kept a few more
-            "threshold": 0.0123,
-            "test_acc_before_finetune": before,
-            "test_acc_plain": before - 0.3,
-            "test_acc_compensated": before - 0.2,
-            "test_acc_recalibrated": before - 0.05,
-            "test_acc_compensated_recalibrated": before,
-            "val_acc_before_finetune": before,
-            "unpruned_test_acc": 0.94,
-            "num_params": params,
-            "num_params_unpruned": UNPRUNED_PARAMS,
-            "macs": macs,
-            "macs_unpruned": 1_304_000_000,
-            "flops": 2 * macs,
-            "flops_unpruned": 2_608_000_000,
-            "params_ratio": UNPRUNED_PARAMS / params,
-            "macs_ratio": 1_304_000_000 / macs,
+            vocab.RATIO_USED: float(label),
+            vocab.CHANNELS_REMOVED: float(label) - 0.031,  # min_channels kept a few more
+            vocab.THRESHOLD: 0.0123,
+            **variant_metrics({name: before + d for name, d in REPAIRED.items()}, SAVED),
+            vocab.VAL_ACC: before,
+            of_sparse(vocab.TEST_ACC): 0.94,
+            vocab.NUM_PARAMS: params,
+            of_sparse(vocab.NUM_PARAMS): UNPRUNED_PARAMS,
+            vocab.MACS: macs,
+            of_sparse(vocab.MACS): 1_304_000_000,
+            vocab.FLOPS: 2 * macs,
+            of_sparse(vocab.FLOPS): 2_608_000_000,
+            vocab.PARAMS_RATIO: UNPRUNED_PARAMS / params,
+            vocab.MACS_RATIO: 1_304_000_000 / macs,
         } | TIMED
         if label == "0.5":  # a key a stage may not write: the report shows n/a instead of failing
-            del prune_metrics["throughput_b64"], prune_metrics["speedup_b64"]
-        write_json(layout.prune_reports(label) / "metrics.json", prune_metrics)
+            del prune_metrics[per_batch(EAGER_IMAGES_PER_S, 64)], prune_metrics[per_batch(EAGER_SPEEDUP, 64)]
+        write_json(layout.prune_reports(label) / METRICS_FILE, prune_metrics)
         kept = [max(2, int(w * (1 - float(label)))) for w in WIDTHS]
         write_csv(
             layout.prune_reports(label) / "channels.csv",
@@ -122,11 +132,14 @@ def write_inputs(config: Config) -> None:
             ],
         )
         write_csv(layout.finetune_reports(label) / "history.csv", history(7, sparsity_end=0.0))
-        finetune_metrics = {"best_epoch": 3, "val_acc": after, "test_acc": after, "final_test_acc": after - 0.001}
-        write_json(
-            layout.finetune_reports(label) / "metrics.json",
-            finetune_metrics | {"num_params": params, "macs": macs, "flops": 2 * macs, "meets_constraints": False},
-        )
+        finetune_metrics = {
+            vocab.BEST_EPOCH: 3,
+            vocab.VAL_ACC: after,
+            vocab.TEST_ACC: after,
+            vocab.FINAL_TEST_ACC: after - 0.001,
+        }
+        finetune_metrics |= {vocab.NUM_PARAMS: params, vocab.MACS: macs, vocab.FLOPS: 2 * macs}
+        write_json(layout.finetune_reports(label) / METRICS_FILE, finetune_metrics | {vocab.MEETS_CONSTRAINTS: False})
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -227,15 +240,16 @@ def test_timings_get_files_of_their_own_one_measurement_each(written: Config) ->
 
 
 def test_the_export_stages_timings_are_one_file_per_exported_model() -> None:
+    speedup, images = per_batch(vocab.ONNX_SPEEDUP, 1), per_batch(vocab.ONNX_IMAGES_PER_S, 1)
     inputs = ReportInputs(
         *({} for _ in range(7)),
         export_metrics={
             "threads": 2,
-            "unpruned": {"params": 10},
-            "finetuned_0.9": {"speedup_b1": 1.5, "onnx_images_per_s_b1": 30.0, "onnx_test_acc": 0.9, "params": 5},
+            vocab.train_model("1e-2"): {vocab.NUM_PARAMS: 10},
+            vocab.finetuned_model("0.9"): {speedup: 1.5, images: 30.0, vocab.ONNX_TEST_ACC: 0.9, vocab.NUM_PARAMS: 5},
         },
     )
-    assert timing_metrics(inputs) == {"exported_0.9": {"speedup_b1": 1.5, "onnx_images_per_s_b1": 30.0}}
+    assert timing_metrics(inputs) == {"exported_0.9": {speedup: 1.5, images: 30.0}}
 
 
 def test_a_model_dropped_from_params_leaves_no_stale_metrics_file(tmp_path: Path) -> None:
@@ -318,20 +332,22 @@ def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> 
     assert "pruned 90% + fine-tuned: 91.2% (-0.8 points against unpruned (λ = 0))" in text
 
 
-SUBSUMED = {"0.5": {"test_acc_recalibrated": 0.8, "test_acc_compensated_recalibrated": 0.8}}
+def subsumed(saved: str, both: float = 0.8) -> dict[str, dict[str, float]]:
+    """Prune metrics where "+ both" scores `both` and "+ BN recalibration" 0.8, as a run saving `saved` writes them."""
+    return {"0.5": variant_metrics({"recalibrated": 0.8, "compensated_recalibrated": both}, saved)}
 
 
 def test_the_pruning_table_notes_that_both_repairs_equal_recalibration_when_every_model_scores_the_same() -> None:
     config = make_config(Path("/tmp"))
-    (note,) = compensation_subsumed(SUBSUMED, config)
+    (note,) = compensation_subsumed(subsumed(SAVED), config)
     assert "by construction" in note and "`prune.bias_compensation: true` changes nothing" in note
     recalibration_off = dataclasses.replace(config, prune=dataclasses.replace(config.prune, recalibration_batches=0))
-    (note,) = compensation_subsumed(SUBSUMED, recalibration_off)
+    (note,) = compensation_subsumed(subsumed("compensated"), recalibration_off)
     assert "by construction" in note and "changes nothing" not in note  # the saved model is compensated only
 
 
 def test_the_pruning_table_has_no_such_note_when_a_model_scores_differently_with_both() -> None:
-    differing = SUBSUMED | {"0.9": {"test_acc_recalibrated": 0.5, "test_acc_compensated_recalibrated": 0.51}}
+    differing = subsumed(SAVED) | {"0.9": subsumed(SAVED, both=0.81)["0.5"]}
     assert compensation_subsumed(differing, make_config(Path("/tmp"))) == []
     assert compensation_subsumed({}, make_config(Path("/tmp"))) == []
 
@@ -339,11 +355,12 @@ def test_the_pruning_table_has_no_such_note_when_a_model_scores_differently_with
 def test_the_speedup_panel_shows_the_exported_speedups_next_to_eager_ones_when_the_export_ran() -> None:
     from matplotlib.figure import Figure
 
+    eager, onnx = ([per_batch(key, b) for b in (1, 64)] for key in (EAGER_SPEEDUP, vocab.ONNX_SPEEDUP))
     prune_metrics = {
-        "0.5": {"macs_ratio": 1.75, "speedup_b1": 1.03, "speedup_b64": 1.14},
-        "0.9": {"macs_ratio": 2.73, "speedup_b1": 1.19, "speedup_b64": 1.16},
+        "0.5": {vocab.MACS_RATIO: 1.75} | dict(zip(eager, (1.03, 1.14), strict=True)),
+        "0.9": {vocab.MACS_RATIO: 2.73} | dict(zip(eager, (1.19, 1.16), strict=True)),
     }
-    export_metrics = {"threads": 2, "finetuned_0.9": {"speedup_b1": 1.33, "speedup_b64": 1.58}}  # no 0.5 export
+    export_metrics = {"threads": 2, "finetuned_0.9": dict(zip(onnx, (1.33, 1.58), strict=True))}  # no 0.5 export
     ax = Figure().subplots()
     _speedups(ax, prune_metrics, export_metrics)
     bars = {

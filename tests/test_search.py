@@ -41,6 +41,7 @@ from netslim.search.choice import LOST_WORKER, exp_run_command, select_best, sum
 from netslim.search.figures import FIGURES, figures
 from netslim.search.objective import lambda_grid
 from netslim.search.study import LAMBDA_PARAM, LR_PARAM, trial_budget
+from netslim.vocabulary import FINETUNED, SPARSE, VAL_ACC, curve
 
 BIN = Path(sys.executable).parent
 ONE_LAMBDA = {"lambda_min": 1e-4, "lambda_max": 1.5e-4, "lambda_steps_per_decade": 1}  # a grid of one λ: 1e-4
@@ -137,10 +138,11 @@ def test_tiny_study_writes_outputs_reuses_the_cache_logs_nested_runs_and_continu
     assert len(parents) == 1 and len(children) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     for child in children:
-        assert {"constraint_accuracy", "constraint_params", "val_acc", "ft_val_acc"} <= set(child.data.metrics)
+        tuned = curve(VAL_ACC, FINETUNED)
+        assert {"constraint_accuracy", "constraint_params", VAL_ACC, tuned} <= set(child.data.metrics)
         assert not any("test" in key for key in child.data.metrics)
-        assert len(client.get_metric_history(child.info.run_id, "ft_val_acc")) == 1  # one fine-tune epoch
-    assert "sparse_val_acc" in next(c for c in children if c.data.tags["trial"] == "0").data.metrics
+        assert len(client.get_metric_history(child.info.run_id, tuned)) == 1  # one fine-tune epoch
+    assert curve(VAL_ACC, SPARSE) in next(c for c in children if c.data.tags["trial"] == "0").data.metrics
 
     # Running again continues the same study: nothing new at n_trials, one more trial at --n-trials 3.
     started = {t.number: t.datetime_start for t in study.trials}

@@ -9,12 +9,13 @@ from dataclasses import replace
 import torch
 
 from conftest import ROOT
+from netslim import vocabulary as vocab
 from netslim.config import Config, ExperimentConfig, FinetuneConfig, ModelConfig, RuntimeConfig, TrainConfig
 from netslim.data import PreparedData, Split
 from netslim.models import build_model, prunable_batchnorms
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import finetune
-from netslim.steps.prune import VARIANTS, prune_by, prune_configured, prune_step, pruned_variants
+from netslim.steps.prune import prune_by, prune_configured, prune_step, pruned_variants
 from netslim.steps.train import sparse_fingerprint, sparsity_train
 
 PACKAGE = ROOT / "src" / "netslim"
@@ -88,9 +89,13 @@ def test_the_search_prunes_the_model_the_prune_stage_saves(tiny_data):
     saved, trial = outcome.result.model.state_dict(), searched.model.state_dict()
     assert saved.keys() == trial.keys() and all(torch.equal(saved[k], trial[k]) for k in saved)
     metrics = outcome.metrics()
-    assert {f"test_acc_{name}" for name in VARIANTS} <= metrics.keys()
-    assert metrics["test_acc_before_finetune"] == metrics["test_acc_compensated_recalibrated"]
-    assert {"speedup_b1", "speedup_b64", "throughput_b64_unpruned", "macs_ratio"} <= metrics.keys()
+    # the saved variant's accuracy is the pruned model's test_acc; the others' are named by variant, none twice
+    assert vocab.variant_accuracies(metrics, outcome.variant) == outcome.test_acc
+    assert vocab.variant_test_acc(outcome.variant) not in metrics and len(outcome.test_acc) == len(vocab.VARIANTS)
+    eager = vocab.EAGER_IMAGES_PER_S
+    timed = {vocab.per_batch(k, b) for b in (1, 64) for k in (vocab.EAGER_SPEEDUP, eager, vocab.of_sparse(eager))}
+    assert timed | {vocab.MACS_RATIO} <= metrics.keys()
+    assert [key for key in metrics if not vocab.is_metric(key)] == []  # every name is the vocabulary's
 
 
 def test_bias_compensation_changes_nothing_once_recalibration_re_estimates_the_running_means(tiny_data):
@@ -103,10 +108,11 @@ def test_bias_compensation_changes_nothing_once_recalibration_re_estimates_the_r
 
 def test_the_prune_step_reports_conv_linear_macs_with_thops_count_beside_them(tiny_data):
     metrics = prune_step(_random_gamma_model(), tiny_data, CONFIG, CPU, 0.5).metrics()
-    assert metrics["macs_ratio"] == metrics["macs_unpruned"] / metrics["macs"] > 1
-    assert metrics["flops"] == 2 * metrics["macs"]
+    macs, thop = vocab.MACS, vocab.THOP_MACS
+    assert metrics[vocab.MACS_RATIO] == metrics[vocab.of_sparse(macs)] / metrics[macs] > 1
+    assert metrics[vocab.FLOPS] == 2 * metrics[macs]
     # thop adds BatchNorm and the average pool, which the conv + linear count leaves out
-    assert metrics["thop_macs"] > metrics["macs"] and metrics["thop_macs_unpruned"] > metrics["macs_unpruned"]
+    assert metrics[thop] > metrics[macs] and metrics[vocab.of_sparse(thop)] > metrics[vocab.of_sparse(macs)]
 
 
 def test_sparsity_training_is_seeded_by_the_config_and_finetuning_keeps_the_best_epoch(tiny_data):

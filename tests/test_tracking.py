@@ -28,10 +28,11 @@ from torch import nn
 
 from conftest import ROOT, run_process, tiny_params, write_fashion_mnist, write_params
 from netslim import tracking
+from netslim import vocabulary as vocab
 from netslim.config import ConstraintsConfig, FinetuneConfig, config_from_dict, load_config
 from netslim.io import file_sha256, load_checkpoint
-from netslim.report.summary import HEADLINE
 from netslim.stages.model_tracking import log_model, save_checkpoint
+from netslim.vocabulary import HEADLINE
 
 BIN = Path(sys.executable).parent
 PIPELINE_ID = "tracked-pipeline"
@@ -381,7 +382,8 @@ def test_gamma_histograms_are_step_images_and_cfg_is_logged(tracked, tracking_ur
     logged = mlflow.artifacts.load_dict(f"runs:/{prune}/cfg.json")
     assert logged["cfg"] == load_checkpoint(tracked.project / "models/pruned/0.9.pt")["cfg"]
     metrics = tracked.runs["prune 90%"].data.metrics
-    assert {"num_params", "macs", "flops", "throughput_b1", "test_acc_before_finetune"} <= set(metrics)
+    timed = vocab.per_batch(vocab.EAGER_IMAGES_PER_S, 1)
+    assert {vocab.NUM_PARAMS, vocab.MACS, vocab.FLOPS, timed, vocab.TEST_ACC} <= set(metrics)
     assert "params" not in metrics
 
 
@@ -524,7 +526,9 @@ def test_every_run_has_headline_metrics_and_a_description_with_them(tracked):
         assert shown, f"{name}: no headline numbers"
         for key, value in shown.items():
             assert float(value.replace(",", "")) == pytest.approx(run.data.metrics[key], rel=1e-3), (name, key)
-    assert {"best_test_acc", "best_sparsity", "num_params"} <= set(tracked.runs["train λ=1e-4"].data.metrics)
+    # the trained model's numbers under the names metrics.json gives them; its per-epoch curves under epoch/
+    train = set(tracked.runs["train λ=1e-4"].data.metrics)
+    assert {vocab.TEST_ACC, vocab.SPARSITY, vocab.NUM_PARAMS, vocab.curve(vocab.TEST_ACC)} <= train
     assert "finetuned_0.9/test_acc" in headline_cells(tracked.runs["report"].data.tags["mlflow.note.content"])
 
 
@@ -562,7 +566,7 @@ def test_ui_link_opens_the_runs_table_with_headline_columns(tracked):
     logged = set()
     for run in tracked.runs.values():
         logged |= set(run.data.metrics) | set(run.data.params)
-    assert columns <= logged and {"lambda", "ratio", "best_test_acc", "num_params"} <= columns
+    assert columns <= logged and {"lambda", "ratio", vocab.TEST_ACC, vocab.NUM_PARAMS} <= columns
     url = tracking.runs_view_url("http://127.0.0.1:5000", experiment.experiment_id, headline_view=True)
     assert url.endswith(f"runs?workflowType=machine_learning&viewStateShareKey={tracking.VIEW_KEY}")
 
@@ -713,7 +717,8 @@ def test_a_stage_that_raises_is_marked_failed_and_the_next_run_starts(in_process
         "prune 50%": "KILLED",
         "finetune 90%": "FINISHED",
     }
-    assert runs["train λ=1e-4"].data.metrics == {"train_loss": 2.5}  # what was logged before the crash stays
+    logged = runs["train λ=1e-4"].data.metrics
+    assert logged == {vocab.curve("train_loss"): 2.5}  # what was logged before the crash stays
     assert runs["train λ=1e-4"].data.tags["stage"] == "train"
 
 
@@ -795,7 +800,7 @@ def test_server_lost_mid_run_does_not_stop_training(tmp_path):
     history = read_csv(project / "reports/train/1e-4/history.csv")
     assert [int(row["epoch"]) for row in history] == list(range(1, epochs + 1))
     metrics = json.loads((project / "reports/train/1e-4/metrics.json").read_text())
-    assert {"best_val_acc", "test_acc", "sparsity", "num_params"} <= set(metrics)
+    assert {vocab.VAL_ACC, vocab.TEST_ACC, vocab.SPARSITY, vocab.NUM_PARAMS} <= set(metrics)
     assert (project / "models/sparse/1e-4/best.pt").is_file()
     assert f"warning: MLflow at {server.uri} stopped answering" in stderr
     assert "log_metrics(step=" in stderr and "end_run(FINISHED)" in stderr, stderr[-3000:]

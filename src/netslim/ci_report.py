@@ -188,7 +188,7 @@ def format_delta(change: Change) -> tuple[str, str]:
 TIMINGS_NOTE = (
     "Throughputs and speedups, measured on the machine that ran the stages under its load at the time: a rerun with "
     "nothing changed moves them by 10-25%. Each file is one measurement (a pruned model timed interleaved with the "
-    "unpruned model): compare the speedups inside it, not throughputs across runs."
+    "sparse model it was pruned from): compare the speedups inside it, not throughputs across runs."
 )
 
 

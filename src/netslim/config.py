@@ -19,6 +19,7 @@ from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError
 
 from netslim.registry import ARCHITECTURES
+from netslim.vocabulary import BUDGET, SPARSE, UNPRUNED
 
 DATASETS = ("cifar10", "fashion-mnist")
 MAX_WIDTH = 4.0  # the largest model.width (and checkpoint width): 16× the parameters of the paper's models
@@ -27,7 +28,7 @@ MAX_CLASSES = 1000  # the datasets here have 10; more in a checkpoint or meta.js
 # inside the optimizer, not a divergence)
 MAX_LR = 10.0
 MAX_SEED = 2**32 - 1  # engine.epoch_generator seeds with seed × 1,000,003 + epoch, which must stay below 2^63
-TEACHERS = ("sparse", "unpruned")  # finetune.distill_teacher
+TEACHERS = (SPARSE, UNPRUNED)  # finetune.distill_teacher
 SCHEDULES = ("step", "cosine")  # lr schedules of train and finetune (netslim.engine.make_optimizer)
 
 
@@ -61,9 +62,6 @@ def lambda_label(value: float | str) -> str:
     mantissa, exponent = f"{v:.6e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
-
-
-BUDGET = "budget"  # a prune.ratios entry that means "the smallest ratio fitting prune.target_params"
 
 
 def ratio_label(value: float | str) -> str:

@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 from torch import fx, nn
 
+from netslim import vocabulary as vocab
 from netslim.data import Split, normalize
 from netslim.io import atomic_write_bytes
 from netslim.measure import IMAGE_SHAPE, count_conv_linear_macs, interleaved_seconds, interleaved_throughput
@@ -337,14 +338,15 @@ def speed_rows(
     eager: bool = True,
     channels_last: bool = False,
 ) -> list[dict[str, float]]:
-    """Throughput of the unpruned and a pruned model, in ONNX Runtime and eager PyTorch, timed interleaved.
+    """Throughput of a reference (the sparse model) and a pruned model, in ONNX Runtime and eager PyTorch, timed
+    interleaved; named as netslim.vocabulary names them (`<runtime>_images_per_s`, `_sparse` for the reference's).
 
     Each pair (the two ONNX Runtime sessions, the two eager models) is timed interleaved by
     measure.interleaved_throughput, so each speedup compares numbers taken under the same load; the two runtimes
     are timed in separate rounds, since one's worker threads still hold the CPU for a moment after a call (PyTorch's
     OpenMP threads spin before they sleep) and would slow the other's next call. PyTorch gets as many threads as
     ONNX Runtime.
-    `speedup` is ONNX Runtime's pruned/unpruned throughput and `speedup_over_macs_ratio` how much of the MACs
+    `onnx_speedup` is ONNX Runtime's pruned/reference throughput and `onnx_speedup_over_macs_ratio` how much of the MACs
     ratio it realises; with `eager`, `eager_speedup` is the same in eager PyTorch and `onnx_over_eager` what
     the export gains for the pruned model; `channels_last` is the eager runs' layout (`runtime.channels_last`).
     """
@@ -361,24 +363,24 @@ def speed_rows(
                 calls = calls_per_sample(batch_size)
                 pair = [functools.partial(ort_ref, calls), functools.partial(ort_pruned, calls)]
                 ips = interleaved_throughput(pair, batch_size * calls, repeats, warmup)
-                if eager:  # sized by the slower, unpruned model's call
+                if eager:  # sized by the slower, reference model's call
                     calls = calls_per_sample(batch_size, seconds_per_call=_seconds_of_one_call(eager_ref))
                     pair = [functools.partial(eager_ref, calls), functools.partial(eager_pruned, calls)]
                     ips += interleaved_throughput(pair, batch_size * calls, repeats, warmup)
                 row = {
                     "batch_size": int(batch_size),
-                    "onnx_images_per_s": ips[1],
-                    "onnx_images_per_s_unpruned": ips[0],
-                    "speedup": ips[1] / ips[0],
-                    "macs_ratio": macs_ratio,
-                    "speedup_over_macs_ratio": ips[1] / ips[0] / macs_ratio,
+                    vocab.ONNX_IMAGES_PER_S: ips[1],
+                    vocab.of_sparse(vocab.ONNX_IMAGES_PER_S): ips[0],
+                    vocab.ONNX_SPEEDUP: ips[1] / ips[0],
+                    vocab.MACS_RATIO: macs_ratio,
+                    vocab.ONNX_SPEEDUP_OVER_MACS_RATIO: ips[1] / ips[0] / macs_ratio,
                 }
                 if eager:
                     row |= {
-                        "eager_images_per_s": ips[3],
-                        "eager_images_per_s_unpruned": ips[2],
-                        "eager_speedup": ips[3] / ips[2],
-                        "onnx_over_eager": ips[1] / ips[3],
+                        vocab.EAGER_IMAGES_PER_S: ips[3],
+                        vocab.of_sparse(vocab.EAGER_IMAGES_PER_S): ips[2],
+                        vocab.EAGER_SPEEDUP: ips[3] / ips[2],
+                        vocab.ONNX_OVER_EAGER: ips[1] / ips[3],
                     }
                 rows.append(row)
     finally:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from netslim.digest import file_sha256 as file_sha256  # where the stages and models have always found it
+from netslim.vocabulary import VAL_ACC
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -191,7 +192,7 @@ def _unpickling_reason(error: pickle.UnpicklingError) -> str:
 
 METRIC_LIMIT = 1e15  # no count, ratio, accuracy or time netslim measures comes near: larger means a broken file
 # NaN where nothing was measured: the validation accuracies of a run without a validation split (data.val_size: 0)
-NOT_MEASURED = frozenset({"val_acc", "val_acc_before_finetune", "best_val_acc"})
+NOT_MEASURED = frozenset({VAL_ACC})
 
 
 def check_metrics(metrics: Mapping[str, Any], source: str | Path) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from netslim.models import count_params, memory_format, prunable_batchnorms, unwrap
+from netslim.vocabulary import FLOPS, MACS, NUM_PARAMS, THOP_MACS
 
 IMAGE_SHAPE = (3, 32, 32)
 
@@ -110,10 +111,10 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, *IMAGE_SHAPE
     """Params, conv + linear MACs, FLOPs (2 × those MACs) and thop's MACs (BatchNorm and pooling included)."""
     macs = count_conv_linear_macs(model, input_size)
     return {
-        "params": count_params(model),
-        "macs": macs,
-        "flops": flops_from_macs(macs),
-        "thop_macs": count_thop_macs(model, input_size),
+        NUM_PARAMS: count_params(model),
+        MACS: macs,
+        FLOPS: flops_from_macs(macs),
+        THOP_MACS: count_thop_macs(model, input_size),
     }
 
 
@@ -283,7 +284,7 @@ def compare_models(
     is the speedup the MACs alone promise, so the two can be compared directly.
     """
     before, after = model_summary(reference, (1, *image_shape)), model_summary(pruned, (1, *image_shape))
-    macs_ratio = before["macs"] / after["macs"]
+    macs_ratio = before[MACS] / after[MACS]
     rows = []
     for batch_size in batch_sizes:
         ref_ips, pruned_ips = _timed_throughputs(
@@ -302,8 +303,8 @@ def compare_models(
         "device": str(torch.device(device)),
         "reference": before,
         "pruned": after,
-        "params_ratio": before["params"] / after["params"],
+        "params_ratio": before[NUM_PARAMS] / after[NUM_PARAMS],
         "macs_ratio": macs_ratio,
-        "flops_ratio": before["flops"] / after["flops"],
+        "flops_ratio": before[FLOPS] / after[FLOPS],
         "throughput": rows,
     }

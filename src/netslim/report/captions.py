@@ -11,7 +11,6 @@ import pandas as pd
 
 from netslim.config import Config
 from netslim.report.inputs import (
-    BASELINE,
     NA,
     REPAIRS,
     ReportInputs,
@@ -20,7 +19,21 @@ from netslim.report.inputs import (
     fmt_ratio,
     model_name,
     number,
-    train_key,
+    saved_repair,
+)
+from netslim.vocabulary import (
+    BASELINE,
+    BEST_EPOCH,
+    EAGER_SPEEDUP,
+    MACS_RATIO,
+    ONNX_SPEEDUP,
+    PARAMS_RATIO,
+    TEST_ACC,
+    finetuned_model,
+    of_sparse,
+    per_batch,
+    train_model,
+    variant_accuracies,
 )
 
 SMALL_GAMMA = 0.05  # |γ| below this counts as "near zero" in the captions (the issue's and the paper's eye-ball line)
@@ -58,10 +71,9 @@ def _gamma_shares(inputs: ReportInputs) -> dict[str, tuple[float, float]]:
 def compensation_subsumed(prune_metrics: Mapping[str, Mapping[str, Any]], config: Config) -> list[str]:
     """A note under the pruning table where "+ both" scores what "+ BN recalibration" scores (none where any model
     differs): bias compensation is folded into the next BatchNorm's running mean, which recalibration re-estimates."""
-    pairs = [
-        (number(m, "test_acc_recalibrated"), number(m, "test_acc_compensated_recalibrated"))
-        for m in prune_metrics.values()
-    ]
+    saved = saved_repair(config)
+    both = [variant_accuracies(m, saved) for m in prune_metrics.values()]
+    pairs = [(number(v, "recalibrated"), number(v, "compensated_recalibrated")) for v in both]
     if not pairs or any(a is None or a != b for a, b in pairs):
         return []
     note = (
@@ -73,12 +85,14 @@ def compensation_subsumed(prune_metrics: Mapping[str, Mapping[str, Any]], config
     return [note]
 
 
-def pruning_text(inputs: ReportInputs) -> str:
+def pruning_text(inputs: ReportInputs, config: Config) -> str:
     """One sentence per pruned model: what each repair after surgery bought, against the sparse model."""
     lines = []
+    saved = saved_repair(config)
     for label, m in inputs.prune_metrics.items():
-        sparse = number(m, "unpruned_test_acc")
-        values = {key: number(m, f"test_acc_{key}") for key in REPAIRS}
+        sparse = number(m, of_sparse(TEST_ACC))
+        accuracies = variant_accuracies(m, saved)
+        values = {key: number(accuracies, key) for key in REPAIRS}
         known = {k: v for k, v in values.items() if v is not None}
         if sparse is None or not known:
             continue
@@ -97,7 +111,7 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
     texts: dict[str, str] = {}
 
     h = inputs.train_history.get(lam, pd.DataFrame())
-    best = number(inputs.train_metrics.get(lam, {}), "best_epoch")
+    best = number(inputs.train_metrics.get(lam, {}), BEST_EPOCH)
     text = f"Sparsity training at λ = {lam}, accuracy per epoch."
     if len(h) and best is not None:
         at_best = h.loc[h["epoch"] == int(best), "test_acc"]
@@ -150,8 +164,8 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
 
     parts = []
     for label, fh in inputs.finetune_history.items():
-        before = number(inputs.prune_metrics.get(label, {}), "test_acc_before_finetune")
-        after = number(inputs.finetune_metrics.get(label, {}), "test_acc")
+        before = number(inputs.prune_metrics.get(label, {}), TEST_ACC)
+        after = number(inputs.finetune_metrics.get(label, {}), TEST_ACC)
         parts.append(
             f"{model_name(label, finetuned=False)}: {fmt_pct(before, 1)} right after pruning, "
             f"{fmt_pct(after, 1)} after {len(fh)} fine-tuning epochs"
@@ -161,21 +175,21 @@ def captions(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         f"constraint ({config.constraints.min_accuracy:.0%}) dashed: " + "; ".join(parts) + "."
     )
 
-    reference = rows.get(BASELINE) or rows.get(train_key(lam), {})
+    reference = rows.get(BASELINE) or rows.get(train_model(lam), {})
     parts = []
     for label, m in inputs.prune_metrics.items():
-        tuned = rows.get(f"finetuned_{label}", {})
+        tuned = rows.get(finetuned_model(label), {})
         parts.append(
             f"{model_name(label, finetuned=True)}: {fmt_pct(tuned.get('test_acc'), 1)} "
             f"({_points(tuned.get('test_acc'), reference.get('test_acc'))} against "
             f"{reference.get('model', 'unpruned')}) "
-            f"with {fmt_ratio(number(m, 'params_ratio'))} fewer parameters and {fmt_ratio(number(m, 'macs_ratio'))} "
-            f"fewer MACs, measured {fmt_ratio(number(m, 'speedup_b64'))} faster at batch 64 in eager PyTorch"
-            + _exported_speedup(inputs.export_metrics.get(f"finetuned_{label}"))
+            f"with {fmt_ratio(number(m, PARAMS_RATIO))} fewer parameters and {fmt_ratio(number(m, MACS_RATIO))} "
+            f"fewer MACs, measured {fmt_ratio(number(m, per_batch(EAGER_SPEEDUP, 64)))} faster at batch 64 in eager "
+            "PyTorch" + _exported_speedup(inputs.export_metrics.get(finetuned_model(label)))
         )
     texts["model_comparison.png"] = (
         "Every model side by side with the constraint lines (grey: unpruned and sparse, orange: pruned, green: "
-        "fine-tuned), and the speedups, each measured against the unpruned model timed with it. "
+        "fine-tuned), and the speedups, each measured against the sparse model it was pruned from, timed with it. "
         + "; ".join(parts)
         + "."
     )
@@ -187,5 +201,5 @@ def _exported_speedup(metrics: Any) -> str:
     if not isinstance(metrics, Mapping):
         return ""
     batches = batch_sizes({"model": metrics})
-    speedup = number(metrics, f"speedup_b{batches[-1]}") if batches else None
+    speedup = number(metrics, per_batch(ONNX_SPEEDUP, batches[-1])) if batches else None
     return "" if speedup is None else f" and {fmt_ratio(speedup)} exported to ONNX Runtime (batch {batches[-1]})"

@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from netslim import vocabulary as vocab
 from netslim.config import Config, ConstraintsConfig
 from netslim.report.inputs import NA, ReportInputs, fmt_ratio, model_name, number
 from netslim.report.summary import summary_rows
@@ -161,7 +162,7 @@ def model_comparison(
     """Every model side by side (accuracy, params, MACs) with the constraint lines, and each pruned model's speedup
     against its MACs ratio: measured in eager PyTorch by the prune stage, and in ONNX Runtime by the export stage when
     it has run. No throughput bars: each model is timed in its own measurement, under its own load, so only a
-    speedup (against the unpruned model timed with it) compares like with like."""
+    speedup (against the sparse model timed with it) compares like with like."""
     names = [r["model"] for r in rows]
     colors = [STAGE_COLORS.get(r["stage"], "tab:blue") for r in rows]
 
@@ -170,14 +171,14 @@ def model_comparison(
 
     fig = _figure(11, 8.5)
     (acc, params), (macs, speed) = fig.subplots(2, 2)
-    _bars(acc, names, column("test_acc", 0.01), colors, lambda v: f"{v:.1f}%")
+    _bars(acc, names, column(vocab.TEST_ACC, 0.01), colors, lambda v: f"{v:.1f}%")
     acc.axvline(constraints.min_accuracy * 100, color="tab:red", ls="--")
     acc.set(title=f"Test accuracy (dashed: min {constraints.min_accuracy:.0%})", xlabel="accuracy (%)")
-    _bars(params, names, column("num_params", 1e6), colors, lambda v: f"{v:.2f} M")
+    _bars(params, names, column(vocab.NUM_PARAMS, 1e6), colors, lambda v: f"{v:.2f} M")
     params.axvline(constraints.max_params / 1e6, color="tab:red", ls="--")
     params.set(title=f"Parameters (dashed: max {constraints.max_params / 1e6:g} M)", xlabel="parameters (millions)")
     params.tick_params(labelleft=False)  # same models in the same order as the panel on its left
-    _bars(macs, names, column("macs", 1e6), colors, lambda v: f"{v:,.1f} M")
+    _bars(macs, names, column(vocab.MACS, 1e6), colors, lambda v: f"{v:,.1f} M")
     macs.set(title="MACs per image", xlabel="MACs (millions); FLOPs = 2 × MACs")
     fig.suptitle("Unpruned and sparse (grey), pruned before fine-tuning (orange) and after fine-tuning (green)")
     _speedups(speed, prune_metrics, export_metrics or {})
@@ -192,14 +193,16 @@ def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]], export_m
     """
     labels = list(prune_metrics)
     y = np.arange(len(labels))[::-1]
-    exported = {label: export_metrics.get(f"finetuned_{label}") for label in labels}
+    exported = {label: export_metrics.get(vocab.finetuned_model(label)) for label in labels}
+    eager = [vocab.per_batch(vocab.EAGER_SPEEDUP, b) for b in (1, 64)]
     series = [
-        ("MACs ratio", "tab:gray", [number(prune_metrics[label], "macs_ratio") for label in labels]),
-        ("eager, batch 1", "tab:blue", [number(prune_metrics[label], "speedup_b1") for label in labels]),
-        ("eager, batch 64", "tab:purple", [number(prune_metrics[label], "speedup_b64") for label in labels]),
+        ("MACs ratio", "tab:gray", [number(prune_metrics[label], vocab.MACS_RATIO) for label in labels]),
+        ("eager, batch 1", "tab:blue", [number(prune_metrics[label], eager[0]) for label in labels]),
+        ("eager, batch 64", "tab:purple", [number(prune_metrics[label], eager[1]) for label in labels]),
     ]
     for batch, color in ((1, "tab:cyan"), (64, "tab:pink")):
-        values = [number(m, f"speedup_b{batch}") if isinstance(m, Mapping) else None for m in exported.values()]
+        onnx = vocab.per_batch(vocab.ONNX_SPEEDUP, batch)
+        values = [number(m, onnx) if isinstance(m, Mapping) else None for m in exported.values()]
         if any(v is not None for v in values):
             series.append((f"ONNX Runtime, batch {batch}", color, values))
     height = 0.8 / len(series)
@@ -210,7 +213,7 @@ def _speedups(ax: Axes, prune_metrics: Mapping[str, Mapping[str, Any]], export_m
             ax.text(v or 0, yi, f" {fmt_ratio(v)}", va="center", fontsize=7)
     ax.axvline(1, color="k", lw=1)
     ax.set_yticks(y, [model_name(label, finetuned=False) for label in labels], fontsize=8)
-    ax.set(title="Speedup: MACs ratio vs measured", xlabel="× the unpruned model timed in the same measurement")
+    ax.set(title="Speedup: MACs ratio vs measured", xlabel="× the sparse model timed in the same measurement")
     ax.margins(x=0.25)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7)  # below: no bar or label hidden
@@ -220,7 +223,7 @@ def figures(inputs: ReportInputs, config: Config) -> dict[str, Figure]:
     """Every figure of FIGURES, by file name."""
     lam = config.prune.lambda_
     threshold = config.train.sparsity_threshold
-    best = number(inputs.train_metrics[lam], "best_epoch")
+    best = number(inputs.train_metrics[lam], vocab.BEST_EPOCH)
     built = {
         "sparsity_training_accuracy.png": sparsity_training_accuracy(
             inputs.train_history[lam], lam, None if best is None else int(best)
@@ -230,7 +233,7 @@ def figures(inputs: ReportInputs, config: Config) -> dict[str, Figure]:
         "channels_per_layer.png": channels_per_layer(inputs.channels),
         "finetune_accuracy.png": finetune_accuracy(
             inputs.finetune_history,
-            {label: number(m, "test_acc_before_finetune") for label, m in inputs.prune_metrics.items()},
+            {label: number(m, vocab.TEST_ACC) for label, m in inputs.prune_metrics.items()},
             config.constraints.min_accuracy,
         ),
         "model_comparison.png": model_comparison(

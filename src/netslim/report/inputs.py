@@ -10,18 +10,15 @@ from typing import Any
 
 import pandas as pd
 
-from netslim.config import BUDGET, Config, ConstraintsConfig
+from netslim import vocabulary as vocab
+from netslim.config import Config, ConstraintsConfig
+from netslim.vocabulary import BUDGET
 
 NA = "n/a"
-BASELINE = "unpruned_lambda_0"  # model key of the run trained with λ = 0: what the other models are measured against
 
-# How a pruned model was repaired right after surgery: prune metrics key suffix -> column title.
-REPAIRS = {
-    "plain": "plain surgery",
-    "compensated": "+ bias compensation",
-    "recalibrated": "+ BN recalibration",
-    "compensated_recalibrated": "+ both",
-}
+# How a pruned model was repaired right after surgery: repair variant -> column title.
+TITLES = ("plain surgery", "+ bias compensation", "+ BN recalibration", "+ both")
+REPAIRS = dict(zip(vocab.VARIANTS, TITLES, strict=True))
 
 
 @dataclass(frozen=True)
@@ -41,20 +38,15 @@ class ReportInputs:
 
 def ratio_text(label: str) -> str:
     """ "0.9" -> "90%", "budget" -> "(budget)": how a prune target reads in a model name."""
-    return f"({BUDGET})" if label == BUDGET else f"{float(label) * 100:g}%"
+    return f"({BUDGET})" if label == BUDGET else vocab.ratio_percent(label)
 
 
 def model_name(label: str, finetuned: bool) -> str:
     return f"pruned {ratio_text(label)}" + (" + fine-tuned" if finetuned else "")
 
 
-def train_key(lam: str) -> str:
-    """The model key of a sparsity-training run: λ = 0 trains the unpruned baseline, any other λ a sparse model."""
-    return BASELINE if lam == "0" else f"sparse_lambda_{lam}"
-
-
 def train_name(lam: str) -> str:
-    return "unpruned (λ = 0)" if lam == "0" else f"sparse (λ = {lam})"
+    return f"{vocab.role_of(vocab.train_model(lam))} (λ = {lam})"
 
 
 def number(values: Mapping[str, Any], key: str) -> float | None:
@@ -66,9 +58,9 @@ def number(values: Mapping[str, Any], key: str) -> float | None:
 
 
 def batch_sizes(models: Mapping[str, Mapping[str, Any]]) -> list[int]:
-    """The batch sizes the export stage timed, from its metric names (speedup_b1, speedup_b64, ...)."""
-    found = {int(k.removeprefix("speedup_b")) for m in models.values() for k in m if k.startswith("speedup_b")}
-    return sorted(found)
+    """The batch sizes a stage timed, from its metric names (onnx_speedup_b1, eager_speedup_b64, ...)."""
+    found = {vocab.batch_of(k) for m in models.values() for k in m}
+    return sorted(b for b in found if b is not None)
 
 
 def meets_constraints(constraints: ConstraintsConfig, test_acc: float | None, params: float | None) -> bool | None:
@@ -79,9 +71,8 @@ def meets_constraints(constraints: ConstraintsConfig, test_acc: float | None, pa
 
 
 def saved_repair(config: Config) -> str:
-    """The REPAIRS key of the pruned model the prune stage saves (and fine-tuning starts from)."""
-    compensated, recalibrated = config.prune.bias_compensation, config.prune.recalibration_batches > 0
-    return list(REPAIRS)[int(compensated) + 2 * int(recalibrated)]
+    """The repair variant of the pruned model the prune stage saves (and fine-tuning starts from)."""
+    return vocab.variant_name(config.prune.bias_compensation, config.prune.recalibration_batches > 0)
 
 
 def fmt_pct(value: float | None, digits: int = 2) -> str:

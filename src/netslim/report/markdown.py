@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from netslim import vocabulary as vocab
 from netslim.config import Config, ConstraintsConfig, OptimConfig, lambda_label, milestone_epochs
 from netslim.report.captions import captions, compensation_subsumed, lambda_scale_note, pruning_text
 from netslim.report.figures import FIGURES
@@ -69,11 +70,11 @@ def _comparison(rows: list[dict[str, Any]]) -> str:
     cells = [
         [
             r["model"],
-            fmt_pct(r["test_acc"]),
-            fmt_int(r["num_params"]),
-            fmt_millions(r["macs"]),
-            fmt_millions(r["flops"]),
-            fmt_bool(r["meets_constraints"]),
+            fmt_pct(r[vocab.TEST_ACC]),
+            fmt_int(r[vocab.NUM_PARAMS]),
+            fmt_millions(r[vocab.MACS]),
+            fmt_millions(r[vocab.FLOPS]),
+            fmt_bool(r[vocab.MEETS_CONSTRAINTS]),
         ]
         for r in rows
     ]
@@ -84,16 +85,17 @@ def _pruning(prune_metrics: Mapping[str, Mapping[str, Any]], saved: str) -> str:
     header = ["pruned model", "ratio used", "channels removed", "γ threshold", "sparse model", *REPAIRS.values()]
     cells = []
     for label, m in prune_metrics.items():
-        threshold = number(m, "threshold")
-        ratio = number(m, "ratio_used")
-        repairs = [fmt_pct(number(m, f"test_acc_{key}")) for key in REPAIRS]
+        threshold = number(m, vocab.THRESHOLD)
+        ratio = number(m, vocab.RATIO_USED)
+        accuracies = vocab.variant_accuracies(m, saved)
+        repairs = [fmt_pct(number(accuracies, key)) for key in REPAIRS]
         cells.append(
             [
                 model_name(label, finetuned=False),
                 NA if ratio is None else f"{ratio:.4f}",
-                fmt_pct(number(m, "channels_removed")),
+                fmt_pct(number(m, vocab.CHANNELS_REMOVED)),
                 NA if threshold is None else f"{threshold:.4g}",
-                fmt_pct(number(m, "unpruned_test_acc")),
+                fmt_pct(number(m, vocab.of_sparse(vocab.TEST_ACC))),
                 *(f"**{v}**" if key == saved else v for key, v in zip(REPAIRS, repairs, strict=True)),
             ]
         )
@@ -101,16 +103,18 @@ def _pruning(prune_metrics: Mapping[str, Mapping[str, Any]], saved: str) -> str:
 
 
 def _speed(prune_metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per pruned model, its measurement: its images/s next to the unpruned model's timed with it, and the speedup."""
+    """Per pruned model, its measurement: its images/s next to the sparse model's timed with it, and the speedup."""
     batches = batch_sizes(prune_metrics)
     header = ["pruned model", "params ratio", "MACs ratio"]
-    header += [h for b in batches for h in (f"img/s unpruned → pruned (batch {b})", f"speedup (batch {b})")]
+    header += [h for b in batches for h in (f"img/s sparse → pruned (batch {b})", f"speedup (batch {b})")]
+    ips, speedup = vocab.EAGER_IMAGES_PER_S, vocab.EAGER_SPEEDUP
     cells = []
     for label, m in prune_metrics.items():
-        row = [model_name(label, finetuned=False), *(fmt_ratio(number(m, k)) for k in ("params_ratio", "macs_ratio"))]
+        ratios = (fmt_ratio(number(m, k)) for k in (vocab.PARAMS_RATIO, vocab.MACS_RATIO))
+        row = [model_name(label, finetuned=False), *ratios]
         for b in batches:
-            unpruned, pruned = number(m, f"throughput_b{b}_unpruned"), number(m, f"throughput_b{b}")
-            row += [f"{fmt_rate(unpruned)} → {fmt_rate(pruned)}", fmt_ratio(number(m, f"speedup_b{b}"))]
+            sparse, pruned = number(m, vocab.per_batch(vocab.of_sparse(ips), b)), number(m, vocab.per_batch(ips, b))
+            row += [f"{fmt_rate(sparse)} → {fmt_rate(pruned)}", fmt_ratio(number(m, vocab.per_batch(speedup, b)))]
         cells.append(row)
     return markdown_table(header, cells)
 
@@ -119,11 +123,11 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
     """The export stage's section of report.md (empty when it has not run): exported speed, then rounded widths.
 
     Args:
-        export_metrics: reports/export/metrics.json: `threads`, `opset`, and per model ("unpruned",
-            "finetuned_<ratio>") its measurements, speedups against the exported unpruned model.
+        export_metrics: reports/export/metrics.json: `threads`, `opset`, and per model (the sparse model of
+            prune.lambda, "finetuned_<ratio>") its measurements, speedups against the exported sparse model.
         widths: reports/export/widths.json: "pruned_<ratio>" (plain) and "pruned_<ratio>_round<N>" right after pruning.
     """
-    models = {k: v for k, v in export_metrics.items() if isinstance(v, Mapping) and k != "unpruned"}
+    models = {k: v for k, v in export_metrics.items() if isinstance(v, Mapping) and vocab.role_of(k) == vocab.FINETUNED}
     if not models:
         return []
     batches = batch_sizes(models)
@@ -132,20 +136,20 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
     header += [f"eager speedup (batch {b})" for b in batches] + ["ONNX test accuracy", "max abs Δ logit"]
     cells = []
     for name, m in models.items():
-        speedups = [fmt_ratio(number(m, f"speedup_b{b}")) for b in batches]
-        shares = [fmt_ratio(number(m, f"speedup_over_macs_ratio_b{b}")) for b in batches]
-        eager = [fmt_ratio(number(m, f"eager_speedup_b{b}")) for b in batches]
-        difference = number(m, "max_abs_diff")
+        speedups = _per_batch(m, vocab.ONNX_SPEEDUP, batches)
+        shares = _per_batch(m, vocab.ONNX_SPEEDUP_OVER_MACS_RATIO, batches)
+        eager = _per_batch(m, vocab.EAGER_SPEEDUP, batches)
+        difference = number(m, vocab.MAX_ABS_DIFF)
         cells.append(
             [
-                model_name(name.removeprefix("finetuned_"), finetuned=True),
-                fmt_ratio(number(m, "macs_ratio")),
-                fmt_millions(number(m, "onnx_macs")),
+                model_name(_ratio_of(name), finetuned=True),
+                fmt_ratio(number(m, vocab.MACS_RATIO)),
+                fmt_millions(number(m, vocab.ONNX_MACS)),
             ]
             + speedups
             + shares
             + eager
-            + [fmt_pct(number(m, "onnx_test_acc")), NA if difference is None else f"{difference:.1e}"]
+            + [fmt_pct(number(m, vocab.ONNX_TEST_ACC)), NA if difference is None else f"{difference:.1e}"]
         )
     threads, opset = export_metrics.get("threads", NA), export_metrics.get("opset", NA)
     pad_to = export_metrics.get("pad_to")
@@ -159,7 +163,7 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
     parts = [
         "## Exported models (ONNX Runtime)",
         f"Each model exported to ONNX (opset {opset}, BatchNorm folded into its conv) and timed in ONNX Runtime "
-        f"with {threads} threads, interleaved with the exported unpruned model; eager PyTorch, with as many threads, "
+        f"with {threads} threads, interleaved with the exported sparse model; eager PyTorch, with as many threads, "
         f"likewise, in rounds of its own.{padding} *MACs ratio* and *MACs run* count conv + linear MACs; *of MACs "
         "ratio* is how much of the promised speedup the export realises.",
         markdown_table(header, cells),
@@ -172,20 +176,20 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
         cells = [
             [
                 model_name(_width_ratio(name), finetuned=False),
-                fmt_int(number(m, "round_to")),
-                fmt_int(number(m, "params")),
-                fmt_millions(number(m, "macs")),
-                fmt_pct(number(m, "test_acc")),
+                fmt_int(number(m, vocab.ROUND_TO)),
+                fmt_int(number(m, vocab.NUM_PARAMS)),
+                fmt_millions(number(m, vocab.MACS)),
+                fmt_pct(number(m, vocab.TEST_ACC)),
             ]
-            + [fmt_ratio(number(m, f"speedup_b{b}")) for b in batches]
-            + [fmt_ratio(number(m, f"speedup_over_macs_ratio_b{b}")) for b in batches]
+            + _per_batch(m, vocab.ONNX_SPEEDUP, batches)
+            + _per_batch(m, vocab.ONNX_SPEEDUP_OVER_MACS_RATIO, batches)
             for name, m in rows.items()
         ]
         parts += [
             "### Hardware-aligned widths",
             "Plain pruning next to pruning that keeps a multiple of `round_to` channels per layer (the next-largest "
             "|γ|), right after pruning (repaired as the prune stage repairs), speedups of the exports (not padded) "
-            "against the exported unpruned model:",
+            "against the exported sparse model:",
             markdown_table(header, cells),
             *_width_findings(rows, batches[-1]),
             *_padding_findings(models, rows, export_metrics.get("pad_to"), batches[-1]),
@@ -193,9 +197,18 @@ def export_markdown(export_metrics: Mapping[str, Any], widths: Mapping[str, Any]
     return parts
 
 
+def _per_batch(m: Mapping[str, Any], key: str, batches: list[int]) -> list[str]:
+    return [fmt_ratio(number(m, vocab.per_batch(key, b))) for b in batches]
+
+
+def _ratio_of(name: str) -> str:
+    """The ratio label of a model key: "finetuned_0.5" -> "0.5"."""
+    return name.partition("_")[2]
+
+
 def _width_ratio(name: str) -> str:
     """The ratio label of a widths.json entry: "pruned_0.5" and "pruned_0.5_round8" -> "0.5"."""
-    return name.removeprefix("pruned_").split("_round")[0]
+    return _ratio_of(name).split("_round")[0]
 
 
 def _width_findings(rows: Mapping[str, Mapping[str, Any]], batch: int) -> list[str]:
@@ -205,18 +218,18 @@ def _width_findings(rows: Mapping[str, Mapping[str, Any]], batch: int) -> list[s
         by_ratio.setdefault(_width_ratio(name), []).append(m)
     findings = []
     for label, variants in by_ratio.items():
-        plain = [m for m in variants if number(m, "round_to") == 1]
-        rounded = [m for m in variants if (number(m, "round_to") or 1) > 1]
+        plain = [m for m in variants if number(m, vocab.ROUND_TO) == 1]
+        rounded = [m for m in variants if (number(m, vocab.ROUND_TO) or 1) > 1]
         if not plain or not rounded:
             continue
-        speedups = [number(m, f"speedup_b{batch}") for m in (plain[0], rounded[0])]
+        speedups = [number(m, vocab.per_batch(vocab.ONNX_SPEEDUP, batch)) for m in (plain[0], rounded[0])]
         if None in speedups:
             continue
         findings.append(
             f"{model_name(label, finetuned=False)} runs {fmt_ratio(speedups[0])} with plain widths and "
-            f"{fmt_ratio(speedups[1])} with widths rounded to {fmt_int(number(rounded[0], 'round_to'))}"
+            f"{fmt_ratio(speedups[1])} with widths rounded to {fmt_int(number(rounded[0], vocab.ROUND_TO))}"
         )
-    return _sentence(f"In this run, at batch {batch} against the exported unpruned model: ", findings)
+    return _sentence(f"In this run, at batch {batch} against the exported sparse model: ", findings)
 
 
 def _padding_findings(
@@ -228,11 +241,12 @@ def _padding_findings(
         return []
     findings = []
     for name, m in models.items():
-        label = name.removeprefix("finetuned_")
-        plain = widths.get(f"pruned_{label}")
-        if plain is None or number(plain, "params") != number(m, "params"):  # not the same widths: nothing to compare
+        label = _ratio_of(name)
+        plain = widths.get(vocab.pruned_model(label))
+        if plain is None or number(plain, vocab.NUM_PARAMS) != number(m, vocab.NUM_PARAMS):  # not the same widths
             continue
-        padded, unpadded = number(m, f"speedup_b{batch}"), number(plain, f"speedup_b{batch}")
+        speedup = vocab.per_batch(vocab.ONNX_SPEEDUP, batch)
+        padded, unpadded = number(m, speedup), number(plain, speedup)
         if None in (padded, unpadded):
             continue
         findings.append(
@@ -251,18 +265,18 @@ def _verdicts(rows: list[dict[str, Any]], constraints: ConstraintsConfig) -> lis
     """One line per model saying whether it meets the constraints, and if not, which one it misses."""
     lines = []
     for r in rows:
-        if r["meets_constraints"] is None:
+        if r[vocab.MEETS_CONSTRAINTS] is None:
             lines.append(f"- {r['model']}: n/a (accuracy or params unknown)")
             continue
         misses = []
-        if r["test_acc"] < constraints.min_accuracy:
+        if r[vocab.TEST_ACC] < constraints.min_accuracy:
             misses.append(f"accuracy {fmt_pct(r['test_acc'])} < {fmt_pct(constraints.min_accuracy)}")
-        if r["num_params"] > constraints.max_params:
+        if r[vocab.NUM_PARAMS] > constraints.max_params:
             misses.append(f"params {fmt_int(r['num_params'])} > {fmt_int(constraints.max_params)}")
         lines.append(f"- {r['model']}: " + ("**meets** both" if not misses else "misses: " + "; ".join(misses)))
-    feasible = [r for r in rows if r["meets_constraints"] and r["stage"] == "finetune"]
+    feasible = [r for r in rows if r[vocab.MEETS_CONSTRAINTS] and r["stage"] == "finetune"]
     if feasible:
-        best = max(feasible, key=lambda r: r["test_acc"])
+        best = max(feasible, key=lambda r: r[vocab.TEST_ACC])
         lines.append(f"\nBest feasible model: **{best['model']}** ({fmt_pct(best['test_acc'])}).")
     else:
         lines.append("\nNo fine-tuned model meets both constraints.")
@@ -283,8 +297,8 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         "element and the average pool, is `thop_macs` in the stages' metrics.json files. A sparse model "
         "is the unpruned architecture trained with the L1 penalty of its λ; the pruned models come from the one of "
         f"λ = {config.prune.lambda_}. Speed is not in this table: each pruned model is timed in a measurement of its "
-        "own, interleaved with the unpruned model (Speed, below), and throughputs of different measurements do not "
-        "compare.",
+        "own, interleaved with the sparse model it was pruned from (Speed, below), and throughputs of different "
+        "measurements do not compare.",
         "## Pruning",
         "Test accuracy right after pruning, before any fine-tuning, four ways: plain surgery; with the removed "
         "channels' constant output relu(β) folded into the next layer (bias compensation); with every BN's running "
@@ -292,12 +306,12 @@ def markdown(inputs: ReportInputs, config: Config, rows: Mapping[str, dict[str, 
         "and with both. In bold the model that was saved and fine-tuned.",
         _pruning(inputs.prune_metrics, saved_repair(config)),
         *compensation_subsumed(inputs.prune_metrics, config),
-        pruning_text(inputs),
+        pruning_text(inputs, config),
         "## Speed",
         "The speedup the MACs promise (MACs ratio, of conv + linear MACs) next to the speedup measured by the prune "
         "stage in eager PyTorch, "
-        "each pruned model timed interleaved with the unpruned model in one measurement (its images/s shown with "
-        "it); fine-tuning keeps the architecture, so the fine-tuned model runs as fast:",
+        "each pruned model timed interleaved with the sparse model it was pruned from in one measurement (its "
+        "images/s shown with it); fine-tuning keeps the architecture, so the fine-tuned model runs as fast:",
         _speed(inputs.prune_metrics),
         *export_markdown(inputs.export_metrics, inputs.export_widths),
         "## Constraints",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from netslim import vocabulary as vocab
 from netslim.config import Config
 from netslim.report.inputs import (
     ReportInputs,
@@ -14,24 +15,24 @@ from netslim.report.inputs import (
     meets_constraints,
     model_name,
     number,
-    train_key,
     train_name,
 )
+from netslim.vocabulary import FLOPS, HEADLINE, MACS, MEETS_CONSTRAINTS, NUM_PARAMS, TEST_ACC, of_sparse
 
 
-def _unpruned_architecture(inputs: ReportInputs) -> dict[str, Any]:
-    """Params and MACs of the unpruned architecture (every λ trains the same one), from the first prune run that
-    wrote them."""
+def _sparse_size(inputs: ReportInputs) -> dict[str, Any]:
+    """Params, MACs and FLOPs of the sparse model, the unpruned architecture that every λ trains, from the first
+    prune run that wrote them."""
     out: dict[str, Any] = {}
     for metrics in inputs.prune_metrics.values():
-        for key in ("num_params_unpruned", "macs_unpruned", "flops_unpruned"):
-            if key not in out and number(metrics, key) is not None:
-                out[key] = metrics[key]
+        for key in (NUM_PARAMS, MACS, FLOPS):
+            if key not in out and number(metrics, of_sparse(key)) is not None:
+                out[key] = metrics[of_sparse(key)]
     return out
 
 
 def _flops(values: Mapping[str, Any], macs: float | None) -> float | None:
-    flops = number(values, "flops")
+    flops = number(values, FLOPS)
     return flops if flops is not None or macs is None else 2 * macs
 
 
@@ -40,71 +41,69 @@ def summary_rows(inputs: ReportInputs, config: Config) -> dict[str, dict[str, An
     then per ratio the pruned and the fine-tuned model ("pruned_0.9", "finetuned_0.9").
 
     No throughput: each one is timed in its own measurement (README "DVC views"); speed is compared as speedups, each
-    pruned model against the unpruned model timed with it. None marks a value no stage wrote (an empty cell in
+    pruned model against the sparse model timed with it. None marks a value no stage wrote (an empty cell in
     summary.csv, "n/a" in report.md).
     """
-    arch = _unpruned_architecture(inputs)
-    macs = number(arch, "macs_unpruned")
+    arch = _sparse_size(inputs)
+    macs = number(arch, MACS)
     lambdas = sorted(inputs.train_metrics, key=lambda lam: lam != "0")  # the unpruned baseline first
     rows = {}
     for lam in lambdas:
         train = inputs.train_metrics[lam]
-        rows[train_key(lam)] = {
+        rows[vocab.train_model(lam)] = {
             "model": train_name(lam),
             "stage": "train",
             "ratio": 0.0,
-            "test_acc": number(train, "test_acc"),
-            "num_params": number(train, "num_params") or number(arch, "num_params_unpruned"),
-            "macs": macs,
-            "flops": number(arch, "flops_unpruned") or (2 * macs if macs is not None else None),
+            TEST_ACC: number(train, TEST_ACC),
+            NUM_PARAMS: number(train, NUM_PARAMS) or number(arch, NUM_PARAMS),
+            MACS: macs,
+            FLOPS: number(arch, FLOPS) or (2 * macs if macs is not None else None),
         }
     for label, pm in inputs.prune_metrics.items():
         fm = inputs.finetune_metrics[label]
-        for key, stage, metrics, acc_key in (
-            (f"pruned_{label}", "prune", pm, "test_acc_before_finetune"),
-            (f"finetuned_{label}", "finetune", fm, "test_acc"),
+        for key, stage, metrics in (
+            (vocab.pruned_model(label), "prune", pm),
+            (vocab.finetuned_model(label), "finetune", fm),
         ):
-            macs = number(metrics, "macs")
+            macs = number(metrics, MACS)
             rows[key] = {
                 "model": model_name(label, finetuned=stage == "finetune"),
                 "stage": stage,
-                "ratio": number(pm, "ratio_used"),
-                "test_acc": number(metrics, acc_key),
-                "num_params": number(metrics, "num_params"),
-                "macs": macs,
-                "flops": _flops(metrics, macs),
+                "ratio": number(pm, vocab.RATIO_USED),
+                TEST_ACC: number(metrics, TEST_ACC),
+                NUM_PARAMS: number(metrics, NUM_PARAMS),
+                MACS: macs,
+                FLOPS: _flops(metrics, macs),
             }
     for row in rows.values():
-        row["meets_constraints"] = meets_constraints(config.constraints, row["test_acc"], row["num_params"])
+        row[MEETS_CONSTRAINTS] = meets_constraints(config.constraints, row[TEST_ACC], row[NUM_PARAMS])
     return rows
 
 
-HEADLINE = ("test_acc", "num_params", "macs", "meets_constraints")  # reports/metrics/<model>.json, in this order
-
-
 def headline_metrics(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per model, what `dvc metrics show` lists: HEADLINE's values that are known (the verdict a bool)."""
+    """Per model, what `dvc metrics show` lists (reports/metrics/<model>.json): HEADLINE's values that are known (the
+    verdict a bool)."""
     return {key: {name: row[name] for name in HEADLINE if row.get(name) is not None} for key, row in rows.items()}
 
 
 # What each measurement timed, kept apart from the headline metrics: timings move from run to run (the machine's
 # load), so `dvc metrics diff` would report them as changed on every rerun. Each file holds one measurement, the
-# unpruned model timed interleaved with the pruned one, so the speedup inside a file is a fair comparison.
-PRUNE_TIMINGS = ("throughput_b{b}", "throughput_b{b}_unpruned", "speedup_b{b}")  # eager PyTorch, the prune stage
-EXPORT_TIMINGS = ("onnx_images_per_s_b{b}", "onnx_images_per_s_unpruned_b{b}", "speedup_b{b}", "eager_speedup_b{b}")
+# sparse model timed interleaved with the pruned one, so the speedup inside a file is a fair comparison.
 
 
 def timing_metrics(inputs: ReportInputs) -> dict[str, dict[str, float]]:
     """reports/timings/<measurement>.json: "pruned_<ratio>" (the prune stage, eager PyTorch) and "exported_<ratio>"
-    (the export stage: the fine-tuned model's ONNX export against the exported unpruned model)."""
+    (the export stage: the fine-tuned model's ONNX export against the exported sparse model)."""
     measurements: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
-        f"pruned_{label}": (metrics, PRUNE_TIMINGS) for label, metrics in inputs.prune_metrics.items()
+        vocab.pruned_model(label): (metrics, vocab.PRUNE_TIMINGS) for label, metrics in inputs.prune_metrics.items()
     }
-    exported = {k: v for k, v in inputs.export_metrics.items() if k.startswith("finetuned_") and isinstance(v, Mapping)}
-    measurements |= {f"exported_{k.removeprefix('finetuned_')}": (v, EXPORT_TIMINGS) for k, v in exported.items()}
+    exported = {
+        k: v for k, v in inputs.export_metrics.items() if vocab.role_of(k) == vocab.FINETUNED and isinstance(v, Mapping)
+    }
+    measurements |= {f"exported_{k.partition('_')[2]}": (v, vocab.EXPORT_TIMINGS) for k, v in exported.items()}
     out = {}
     for name, (metrics, keys) in measurements.items():
-        names = [key.format(b=b) for b in batch_sizes({name: metrics}) for key in keys]
+        names = [vocab.per_batch(key, b) for b in batch_sizes({name: metrics}) for key in keys]
         values = {key: number(metrics, key) for key in names if number(metrics, key) is not None}
         if values:
             out[name] = values
@@ -126,7 +125,7 @@ def curves(inputs: ReportInputs) -> dict[str, list[dict[str, Any]]]:
     finetuning = []
     for label, history in inputs.finetune_history.items():
         name = model_name(label, finetuned=False)  # the pruned model the curve fine-tunes
-        before = number(inputs.prune_metrics.get(label, {}), "test_acc_before_finetune")
+        before = number(inputs.prune_metrics.get(label, {}), TEST_ACC)
         start = [{"epoch": 0, "test_acc": before}] if before is not None else []
         finetuning += [
             {"model": name, "ratio": label, "epoch": row["epoch"], "test_acc": row["test_acc"]}

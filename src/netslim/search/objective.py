@@ -31,6 +31,7 @@ from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import finetune
 from netslim.steps.prune import prune_configured
 from netslim.steps.train import sparse_fingerprint, sparsity_train
+from netslim.vocabulary import FINETUNED, FLOPS, MACS, NUM_PARAMS, PRUNED, SPARSE, VAL_ACC, curve, model_metric
 
 CATCH = (RuntimeError, ValueError, ArithmeticError)  # a trial failing this way is recorded FAIL; the study goes on
 
@@ -92,7 +93,7 @@ def sparse_model(ctx: Context, lam: float, run: tracking.Tracker) -> tuple[nn.Mo
             RunOptions(
                 state_path,
                 resume=True,  # a worker killed during sparsity training continues where it stopped
-                on_epoch=lambda record, _m: run.metrics(_public(record, "sparse_"), step=int(record["epoch"])),
+                on_epoch=lambda record, _m: run.metrics(_public(record, SPARSE), step=int(record["epoch"])),
                 desc=f"search train λ={label}",
             ),
         )
@@ -121,9 +122,10 @@ def _read_marker(path: Path) -> dict[str, Any]:
     return marker if isinstance(marker, dict) and {"epoch", "loss"} <= marker.keys() else {}
 
 
-def _public(record: dict[str, float], prefix: str) -> dict[str, float]:
-    """A history record without its test values (the search looks at validation data only), prefixed."""
-    return {f"{prefix}{k}": v for k, v in record.items() if k != "epoch" and not k.startswith("test_")}
+def _public(record: dict[str, float], role: str) -> dict[str, float]:
+    """A history record without its test values (the search looks at validation data only), as the curves of the
+    model of `role` that the trial trains ("sparse/epoch/val_acc")."""
+    return {curve(k, role): v for k, v in record.items() if k != "epoch" and not k.startswith("test_")}
 
 
 def train_prune_finetune(ctx: Context, trial: optuna.Trial, lam: float, lr: float, run: tracking.Tracker) -> float:
@@ -137,21 +139,21 @@ def train_prune_finetune(ctx: Context, trial: optuna.Trial, lam: float, lr: floa
     pruned = prune_configured(sparse, ctx.data, config, ctx.device, config.search.ratio)
     model = pruned.model
     summary = model_summary(model, (1, *ctx.data.image_shape))
-    trial.set_user_attr("params", summary["params"])
-    trial.set_user_attr("macs", summary["macs"])
-    trial.set_user_attr("flops", summary["flops"])
+    trial.set_user_attr("params", summary[NUM_PARAMS])  # the name stored studies and trials.csv use
+    trial.set_user_attr("macs", summary[MACS])
+    trial.set_user_attr("flops", summary[FLOPS])
     trial.set_user_attr("ratio_used", pruned.ratio)
     set_constraint(
-        trial, run, "params", (summary["params"] - config.constraints.max_params) / config.constraints.max_params
+        trial, run, "params", (summary[NUM_PARAMS] - config.constraints.max_params) / config.constraints.max_params
     )
     ev = dict(device=ctx.device, batch_size=config.runtime.eval_batch_size, amp=config.runtime.amp)
     _, before = evaluate(model, ctx.data.val, ctx.data.mean, ctx.data.std, **ev)
     trial.report(before, 0)
-    run.metrics({"val_acc_before_finetune": before, "params": summary["params"], "macs": summary["macs"]})
+    run.metrics({model_metric(PRUNED, VAL_ACC): before, NUM_PARAMS: summary[NUM_PARAMS], MACS: summary[MACS]})
     best = {"val_acc": -1.0}
 
     def on_epoch(record: dict[str, float], _m: nn.Module) -> None:
-        run.metrics(_public(record, "ft_"), step=int(record["epoch"]))
+        run.metrics(_public(record, FINETUNED), step=int(record["epoch"]))
         best["val_acc"] = max(best["val_acc"], record["val_acc"])
         trial.report(record["val_acc"], int(record["epoch"]))
         if trial.should_prune():
@@ -208,7 +210,7 @@ def run_trial(ctx: Context, trial: optuna.Trial) -> float:
             trial.set_user_attr("reason", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
             raise
         else:
-            run.metrics({"val_acc": value})
+            run.metrics({VAL_ACC: value})
             run.dict({"state": "COMPLETE", "constraints": trial.constraints}, "outcome.json")
     if pruned is not None:
         raise pruned

@@ -1,13 +1,14 @@
-"""`netslim export`: the unpruned and every fine-tuned model as ONNX (BatchNorm folded), checked and timed.
+"""`netslim export`: the sparse model of prune.lambda and every fine-tuned model as ONNX (BatchNorm folded), checked
+and timed.
 
 Each model is exported with a dynamic batch size, checked by onnx.checker, and run in ONNX Runtime on real test
 images: its logits must equal PyTorch's to within export.atol, or the stage fails and writes nothing. Each
-fine-tuned model is then timed against the unpruned one (interleaved, in ONNX Runtime and in eager PyTorch, at
-export.batch_sizes, with export.threads threads). With export.pad_to set, each exported graph has its pruned
-widths padded with zero channels to multiples of pad_to (export.pad_channels: the same logits, faster kernels);
-its PyTorch model, the eager timing and the MACs ratio stay the pruned model's. With export.compare_round_to set,
-plain pruning (unpadded) and pruning with round_to = compare_round_to are compared side by side at each ratio,
-right after pruning.
+fine-tuned model is then timed against the sparse one it was pruned from (interleaved, in ONNX Runtime and in
+eager PyTorch, at export.batch_sizes, with export.threads threads). With export.pad_to set, each exported graph
+has its pruned widths padded with zero channels to multiples of pad_to (export.pad_channels: the same logits,
+faster kernels); its PyTorch model, the eager timing and the MACs ratio stay the pruned model's. With
+export.compare_round_to set, plain pruning (unpadded) and pruning with round_to = compare_round_to are compared
+side by side at each ratio, right after pruning.
 
 Writes <paths.exported>/<model>.onnx and <paths.export_reports>/{metrics.json,widths.json}.
 """
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 
 from netslim import tracking
-from netslim.config import BUDGET, Config, ConfigError, lambda_label, ratio_label
+from netslim import vocabulary as vocab
+from netslim.config import Config, ConfigError, lambda_label, ratio_label
 from netslim.data import PreparedData, load_prepared, normalize
 from netslim.engine import evaluate
 from netslim.export import (
@@ -46,7 +48,6 @@ from netslim.measure import count_conv_linear_macs, model_summary
 from netslim.models import count_params, model_from_checkpoint
 from netslim.steps.prune import prune_configured
 
-UNPRUNED = "unpruned"
 CPU = torch.device("cpu")  # ONNX Runtime runs on the CPU here, so the eager models it is compared with do too
 
 
@@ -55,13 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _flat(rows: list[dict[str, float]]) -> dict[str, float]:
-    """speed_rows as metric names with the batch size as a suffix (speedup_b64, ...); the MACs ratio is kept once."""
+    """speed_rows as metric names with the batch size as a suffix (onnx_speedup_b64, ...); the MACs ratio is kept
+    once."""
     per_batch = [(row["batch_size"], key, value) for row in rows for key, value in row.items()]
-    return {f"{key}_b{b}": value for b, key, value in per_batch if key not in ("batch_size", "macs_ratio")}
+    once = ("batch_size", vocab.MACS_RATIO)
+    return {vocab.per_batch(key, b): value for b, key, value in per_batch if key not in once}
 
 
-def _ratios(unpruned: dict[str, float], pruned: dict[str, float]) -> dict[str, float]:
-    return {"params_ratio": unpruned["params"] / pruned["params"], "macs_ratio": unpruned["macs"] / pruned["macs"]}
+def _ratios(sparse: dict[str, float], pruned: dict[str, float]) -> dict[str, float]:
+    return {
+        vocab.PARAMS_RATIO: sparse[vocab.NUM_PARAMS] / pruned[vocab.NUM_PARAMS],
+        vocab.MACS_RATIO: sparse[vocab.MACS] / pruned[vocab.MACS],
+    }
 
 
 def _deployable(
@@ -84,18 +90,16 @@ def compare_widths(
 
     Right after pruning, repaired as the prune stage repairs (`prune.bias_compensation`,
     `prune.recalibration_batches`), before fine-tuning: params, MACs, test accuracy in PyTorch, and ONNX Runtime
-    speed, each pruned export timed interleaved with the unpruned one.
+    speed, each pruned export timed interleaved with the sparse one (`reference`).
     """
     p, e = config.prune, config.export
-    ratios = [r for r in p.ratios if r != BUDGET]
+    ratios = [r for r in p.ratios if r != vocab.BUDGET]
     size = (1, *data.image_shape)
     reference_summary = model_summary(reference.model, size)
     results: dict[str, dict[str, float]] = {}
     for ratio in ratios:
-        variants = {
-            f"pruned_{ratio_label(ratio)}": 1,
-            f"pruned_{ratio_label(ratio)}_round{e.compare_round_to}": e.compare_round_to,
-        }
+        name = vocab.pruned_model(ratio_label(ratio))
+        variants = {name: 1, f"{name}_round{e.compare_round_to}": e.compare_round_to}
         for name, round_to in variants.items():
             rounded = dataclasses.replace(config, prune=dataclasses.replace(p, round_to=round_to))
             model = prune_configured(sparse, data, rounded, CPU, ratio).model.cpu()
@@ -106,14 +110,15 @@ def compare_widths(
             check_matches(name, model, pruned.session, _check_images(data, config), e.atol)
             rows = speed_rows(reference, pruned, threads, e.batch_sizes, e.repeats, eager=False)
             summary = model_summary(model, size)
-            results[name] = {"round_to": round_to, "test_acc": accuracy} | summary | _ratios(reference_summary, summary)
+            results[name] = {vocab.ROUND_TO: round_to, vocab.TEST_ACC: accuracy} | summary
+            results[name] |= _ratios(reference_summary, summary)
             results[name] |= _flat(rows)
     return results
 
 
 def _check_lineage(path: Path, source: object, lam: str) -> None:
     """ConfigError unless a model whose provenance names λ `source` descends from the sparse model of `lam`, the
-    unpruned reference it is timed against (a λ=0 reference against the λ=1e-2 model's descendants would pass for
+    reference it is timed against (a λ=0 reference against the λ=1e-2 model's descendants would pass for
     the speedup of pruning). A model without a λ in its provenance (written outside the pipeline) is not checked."""
     if source is None:
         return
@@ -123,7 +128,7 @@ def _check_lineage(path: Path, source: object, lam: str) -> None:
         raise ConfigError(f"{path}: its provenance names λ {source!r:.20}, not a number; rerun the stage") from None
     if label != lam:
         raise ConfigError(
-            f"{path}: was pruned from the λ={label} model but the unpruned reference is the λ={lam} model "
+            f"{path}: was pruned from the λ={label} model but the reference it is timed against is the λ={lam} model "
             "(prune.lambda); rerun prune and finetune for it (`dvc repro`)"
         )
 
@@ -135,8 +140,9 @@ def _check_images(data: PreparedData, config: Config) -> torch.Tensor:
 def run(args: argparse.Namespace, config: Config) -> int:
     layout = Layout(config.paths)
     lam = lambda_label(config.prune.lambda_)
-    sources = {UNPRUNED: layout.sparse_best(lam)} | {
-        f"finetuned_{ratio_label(r)}": layout.finetuned(r) for r in config.prune.ratios
+    sparse_key = vocab.train_model(lam)  # the model every fine-tuned one is compared with
+    sources = {sparse_key: layout.sparse_best(lam)} | {
+        vocab.finetuned_model(ratio_label(r)): layout.finetuned(r) for r in config.prune.ratios
     }
     checkpoints = {name: load_checkpoint(path) for name, path in sources.items()}
     # a bad file, or one of another arch than model.arch, stops here
@@ -160,7 +166,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     }
     # what an export run compares: the sparse model of one λ and its fine-tuned models, one per ratio
     compared = {"lambda": lam, "ratios": tracking.param_text([ratio_label(r) for r in config.prune.ratios])}
-    reports = [layout.export_reports / "metrics.json", layout.export_reports / "widths.json"]
+    reports = [layout.export_reports / vocab.METRICS_FILE, layout.export_reports / vocab.WIDTHS_FILE]
     files = [*(layout.exported(name) for name in models), *reports]
     needs = sum(4 * count_params(model) for model in models.values()) + 2**20
     with (
@@ -177,29 +183,30 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 info |= {"padded_to": str(e.pad_to), "padded_cfg": json.dumps(graph.cfg)}
             proto, deployable = exported[name] = _deployable(model, info, threads, data.image_shape, graph)
             metrics[name] = {
-                "max_abs_diff": check_matches(name, model, deployable.session, check_images, e.atol),
-                "onnx_test_acc": onnx_accuracy(deployable.session, data.test, data.mean, data.std),
-                "onnx_bytes": proto.ByteSize(),
-                "onnx_macs": count_conv_linear_macs(graph, size),  # what the exported graph computes, padding included
+                vocab.MAX_ABS_DIFF: check_matches(name, model, deployable.session, check_images, e.atol),
+                vocab.ONNX_TEST_ACC: onnx_accuracy(deployable.session, data.test, data.mean, data.std),
+                vocab.ONNX_BYTES: proto.ByteSize(),
+                vocab.ONNX_MACS: count_conv_linear_macs(graph, size),  # padding included
             } | model_summary(model, size)
-        reference = exported[UNPRUNED][1]
+        reference = exported[sparse_key][1]
         for name, (_, deployable) in exported.items():
-            if name != UNPRUNED:
+            if name != sparse_key:
                 rows = speed_rows(
                     reference, deployable, threads, e.batch_sizes, e.repeats, channels_last=config.runtime.channels_last
                 )
-                metrics[name] |= _ratios(metrics[UNPRUNED], metrics[name]) | _flat(rows)
-        widths = compare_widths(models[UNPRUNED], data, config, reference, threads) if e.compare_round_to else {}
+                metrics[name] |= _ratios(metrics[sparse_key], metrics[name]) | _flat(rows)
+        widths = compare_widths(models[sparse_key], data, config, reference, threads) if e.compare_round_to else {}
         for name, (proto, _) in exported.items():
             write_onnx(outputs.path(layout.exported(name)), proto)
         setting = {"threads": threads, "opset": OPSET, "pad_to": e.pad_to}
-        write_metrics(outputs.path(layout.export_reports / "metrics.json"), setting | metrics)
-        write_metrics(outputs.path(layout.export_reports / "widths.json"), setting | widths)
+        write_metrics(outputs.path(layout.export_reports / vocab.METRICS_FILE), setting | metrics)
+        write_metrics(outputs.path(layout.export_reports / vocab.WIDTHS_FILE), setting | widths)
         outputs.commit()
-        headline = [f"{model}/onnx_test_acc" for model in metrics]
-        headline += [f"{model}/speedup_b{e.batch_sizes[0]}" for model in metrics if model != UNPRUNED]
+        first_speedup = vocab.per_batch(vocab.ONNX_SPEEDUP, e.batch_sizes[0])
+        headline = [vocab.model_metric(model, vocab.ONNX_TEST_ACC) for model in metrics]
+        headline += [vocab.model_metric(model, first_speedup) for model in metrics if model != sparse_key]
         run.metrics(
-            {f"{model}/{k}": v for model, values in (metrics | widths).items() for k, v in values.items()},
+            {vocab.model_metric(m, k): v for m, values in (metrics | widths).items() for k, v in values.items()},
             headline=tuple(headline),
         )
         for name in exported:
@@ -207,13 +214,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(
         f"export: {len(exported)} ONNX models (opset {OPSET}, BatchNorm folded"
         + (f", widths padded to multiples of {e.pad_to}" if e.pad_to else "")
-        + f") -> {layout.exported(UNPRUNED).parent}"
+        + f") -> {layout.exported(sparse_key).parent}"
     )
     for name, m in metrics.items():
-        line = f"  {name}: max |Δ logit| {m['max_abs_diff']:.1e}, ONNX test acc {m['onnx_test_acc']:.4f}"
-        for b in e.batch_sizes if name != UNPRUNED else ():
-            speedup, eager = m[f"speedup_b{b}"], m[f"eager_speedup_b{b}"]
-            line += f"; batch {b}: {speedup:.2f}× (MACs {m['macs_ratio']:.2f}×, eager PyTorch {eager:.2f}×)"
+        line = f"  {name}: max |Δ logit| {m[vocab.MAX_ABS_DIFF]:.1e}, ONNX test acc {m[vocab.ONNX_TEST_ACC]:.4f}"
+        for b in e.batch_sizes if name != sparse_key else ():
+            speedup, eager = m[vocab.per_batch(vocab.ONNX_SPEEDUP, b)], m[vocab.per_batch(vocab.EAGER_SPEEDUP, b)]
+            line += f"; batch {b}: {speedup:.2f}× (MACs {m[vocab.MACS_RATIO]:.2f}×, eager PyTorch {eager:.2f}×)"
         print(line)
-    print(f"  ({threads} threads; speedups against the unpruned λ={lam} model, both exported)")
+    print(f"  ({threads} threads; speedups against the sparse λ={lam} model they were pruned from, both exported)")
     return 0

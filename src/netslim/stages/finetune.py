@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from netslim import distributed, tracking
-from netslim.config import BUDGET, Config, lambda_label, parse_ratio, ratio_label
+from netslim import vocabulary as vocab
+from netslim.config import Config, lambda_label, parse_ratio, ratio_label
 from netslim.data import load_prepared
 from netslim.distributed import is_main_process, resolve_device
 from netslim.engine import set_deterministic
@@ -52,10 +53,10 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     prov = checkpoint.get("provenance", {})
     lam = lambda_label(prov["lambda"]) if "lambda" in prov else ""  # as the train and prune runs spell it
     tags = {"ratio": label, "lambda": lam, "arch": model.arch, "dataset": config.data.dataset}
-    percent = label if label == BUDGET else f"{float(label) * 100:g}%"
+    percent = vocab.ratio_percent(label)
     params = {"ratio": label, "lambda": lam}
     out, reports = layout.finetuned(label), layout.finetune_reports(label)
-    files = [out, reports / "history.csv", reports / "metrics.json"]
+    files = [out, reports / vocab.HISTORY_FILE, reports / vocab.METRICS_FILE]
     needs = 6 * 4 * count_params(model) + 2**20  # the checkpoint and the resume state (see stages/train.py)
     with (
         stage_outputs(
@@ -87,15 +88,12 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
         result, best = tuned.fit, tuned.best
         summary = model_summary(model, (1, *data.image_shape))
         metrics = {
-            "best_epoch": result.best_epoch,
-            "val_acc": best["val_acc"],
-            "test_acc": best["test_acc"],
-            "final_test_acc": result.history[-1]["test_acc"],
-            "num_params": summary["params"],
-            "macs": summary["macs"],
-            "flops": summary["flops"],
-            "thop_macs": summary["thop_macs"],
-            "meets_constraints": config.constraints.met_by(best["test_acc"], summary["params"]),
+            vocab.BEST_EPOCH: result.best_epoch,
+            vocab.VAL_ACC: best["val_acc"],
+            vocab.TEST_ACC: best["test_acc"],
+            vocab.FINAL_TEST_ACC: result.history[-1]["test_acc"],
+            **summary,
+            vocab.MEETS_CONSTRAINTS: config.constraints.met_by(best["test_acc"], summary[vocab.NUM_PARAMS]),
         }
         save_checkpoint(
             run,
@@ -109,19 +107,19 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
                 "best_epoch": result.best_epoch,
             },
         )
-        write_csv(outputs.path(reports / "history.csv"), result.history)
-        write_metrics(outputs.path(reports / "metrics.json"), metrics)
+        write_csv(outputs.path(reports / vocab.HISTORY_FILE), result.history)
+        write_metrics(outputs.path(reports / vocab.METRICS_FILE), metrics)
         outputs.commit()
-        # val_acc and test_acc are per-epoch curves too; the best epoch's values need names of their own
         run.metrics(
-            {(f"best_{k}" if k in ("val_acc", "test_acc") else k): float(v) for k, v in metrics.items()},
-            headline=("best_test_acc", "best_val_acc", "num_params", "macs", "meets_constraints"),
+            {k: float(v) for k, v in metrics.items()},
+            headline=(vocab.TEST_ACC, vocab.VAL_ACC, vocab.NUM_PARAMS, vocab.MACS, vocab.MEETS_CONSTRAINTS),
         )
         log_model(run, model, data.test.images[:2], data.mean, data.std, register=True, metrics=metrics)
     layout.state("finetune", label).unlink(missing_ok=True)
     print(
-        f"finetune {percent}: test acc {metrics['test_acc']:.4f} (best epoch {result.best_epoch}), "
-        f"params {metrics['num_params']:,}, MACs {metrics['macs']:,}, meets constraints: {metrics['meets_constraints']}"
+        f"finetune {percent}: test acc {metrics[vocab.TEST_ACC]:.4f} (best epoch {result.best_epoch}), "
+        f"params {metrics[vocab.NUM_PARAMS]:,}, MACs {metrics[vocab.MACS]:,}, "
+        f"meets constraints: {metrics[vocab.MEETS_CONSTRAINTS]}"
         f" -> {out}"
     )
     return 0

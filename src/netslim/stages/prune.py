@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from netslim import tracking
-from netslim.config import BUDGET, Config, lambda_label, parse_lambda, parse_ratio, ratio_label
+from netslim import vocabulary as vocab
+from netslim.config import Config, lambda_label, parse_lambda, parse_ratio, ratio_label
 from netslim.data import load_prepared
 from netslim.distributed import resolve_device
 from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
@@ -38,11 +39,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     params = {"ratio": label, "lambda": lam}
     out, reports = layout.pruned(label), layout.prune_reports(label)
-    files = [out, reports / "channels.csv", reports / "metrics.json"]
+    files = [out, reports / vocab.CHANNELS_FILE, reports / vocab.METRICS_FILE]
     needs = 4 * count_params(sparse) + 2**20  # the pruned checkpoint is at most the sparse model's size
     with (
         stage_outputs(layout.work("prune", label), f"prune --ratio {label}", files, needs) as outputs,
-        tracking.stage_run(config, "prune", f"prune {_percent(label)}", params=params, **tags) as run,
+        tracking.stage_run(config, "prune", f"prune {vocab.ratio_percent(label)}", params=params, **tags) as run,
     ):
         run.source(source, source_sha256, checkpoint.get("provenance") or {})
         outcome = prune_step(sparse, data, config, device, target, _latency_of(config, target, data.image_shape))
@@ -62,36 +63,34 @@ def run(args: argparse.Namespace, config: Config) -> int:
         channels = channels_per_layer(result.model)
         before = channels_per_layer(sparse)
         write_csv(
-            outputs.path(reports / "channels.csv"),
+            outputs.path(reports / vocab.CHANNELS_FILE),
             [{"layer": n, "channels_before": before[n], "channels_kept": k} for n, k in channels.items()],
         )
         metrics = outcome.metrics()
-        write_metrics(outputs.path(reports / "metrics.json"), metrics)
+        write_metrics(outputs.path(reports / vocab.METRICS_FILE), metrics)
         outputs.commit()
-        run.metrics(metrics, headline=("test_acc_before_finetune", "num_params", "macs", "ratio_used", "threshold"))
+        run.metrics(metrics, headline=(vocab.TEST_ACC, vocab.NUM_PARAMS, vocab.MACS, vocab.RATIO_USED, vocab.THRESHOLD))
         run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
         log_model(run, result.model, data.test.images[:2], data.mean, data.std)
+    sparse_params, sparse_macs = (metrics[vocab.of_sparse(k)] for k in (vocab.NUM_PARAMS, vocab.MACS))
+    speedup = {b: metrics[vocab.per_batch(vocab.EAGER_SPEEDUP, b)] for b in (1, 64)}
     print(
         f"prune {label} (λ={lam}): ratio {result.ratio:.4f}, threshold {result.threshold:.4g}\n"
-        f"  params {metrics['num_params_unpruned']:,} -> {metrics['num_params']:,}, "
-        f"MACs {metrics['macs_unpruned']:,} -> {metrics['macs']:,} (FLOPs = 2×MACs: {metrics['flops']:,})\n"
-        f"  test acc {outcome.unpruned_test_acc:.4f} -> {acc[chosen]:.4f} before fine-tuning ({chosen}; "
+        f"  params {sparse_params:,} -> {metrics[vocab.NUM_PARAMS]:,}, "
+        f"MACs {sparse_macs:,} -> {metrics[vocab.MACS]:,} (FLOPs = 2×MACs: {metrics[vocab.FLOPS]:,})\n"
+        f"  test acc {outcome.sparse_test_acc:.4f} -> {acc[chosen]:.4f} before fine-tuning ({chosen}; "
         + ", ".join(f"{name} {value:.4f}" for name, value in acc.items())
         + ")\n"
-        f"  measured speedup {metrics['speedup_b1']:.2f}× at batch 1, {metrics['speedup_b64']:.2f}× at batch 64 "
-        f"(MACs ratio {metrics['macs_ratio']:.2f}×) -> {out}"
+        f"  measured speedup {speedup[1]:.2f}× at batch 1, {speedup[64]:.2f}× at batch 64 "
+        f"(MACs ratio {metrics[vocab.MACS_RATIO]:.2f}×) -> {out}"
     )
     return 0
-
-
-def _percent(label: str) -> str:
-    return label if label == BUDGET else f"{float(label) * 100:g}%"
 
 
 def _latency_of(config: Config, target: float | str, image_shape: tuple[int, ...]) -> LatencyOf | None:
     """How a latency budget measures a candidate: exported and timed in ONNX Runtime as `netslim export` runs it
     (export.threads, export.pad_to); None without one."""
-    if target != BUDGET or config.prune.target_latency_ms is None:
+    if target != vocab.BUDGET or config.prune.target_latency_ms is None:
         return None
     from netslim.export import latency_resolver  # ONNX Runtime is loaded only for a latency budget
 

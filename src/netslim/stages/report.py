@@ -27,6 +27,16 @@ from netslim.report.figures import DPI, figures
 from netslim.report.inputs import ReportInputs
 from netslim.report.markdown import markdown
 from netslim.report.summary import curves, headline_metrics, summary_rows, timing_metrics
+from netslim.vocabulary import (
+    CHANNELS_FILE,
+    GAMMAS_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    WIDTHS_FILE,
+    model_metric,
+)
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "test_acc", "sparsity")
 
@@ -90,18 +100,18 @@ def load_inputs(config: Config) -> ReportInputs:
         {r: layout.finetune_reports(r) for r in ratios},
     )
     inputs = ReportInputs(
-        train_history={lam: read.csv(d / "history.csv", "train", HISTORY_COLUMNS) for lam, d in train.items()},
-        train_metrics={lam: read.json(d / "metrics.json", "train") for lam, d in train.items()},
-        gammas={lam: read.csv(d / "gammas.csv", "train", ("gamma",)) for lam, d in train.items()},
-        prune_metrics={r: read.json(d / "metrics.json", "prune") for r, d in prune.items()},
+        train_history={lam: read.csv(d / HISTORY_FILE, "train", HISTORY_COLUMNS) for lam, d in train.items()},
+        train_metrics={lam: read.json(d / METRICS_FILE, "train") for lam, d in train.items()},
+        gammas={lam: read.csv(d / GAMMAS_FILE, "train", ("gamma",)) for lam, d in train.items()},
+        prune_metrics={r: read.json(d / METRICS_FILE, "prune") for r, d in prune.items()},
         channels={
-            r: read.csv(d / "channels.csv", "prune", ("layer", "channels_before", "channels_kept"))
+            r: read.csv(d / CHANNELS_FILE, "prune", ("layer", "channels_before", "channels_kept"))
             for r, d in prune.items()
         },
-        finetune_history={r: read.csv(d / "history.csv", "finetune", HISTORY_COLUMNS) for r, d in tune.items()},
-        finetune_metrics={r: read.json(d / "metrics.json", "finetune") for r, d in tune.items()},
-        export_metrics=read.optional_json(layout.export_reports / "metrics.json", "export"),
-        export_widths=read.optional_json(layout.export_reports / "widths.json", "export"),
+        finetune_history={r: read.csv(d / HISTORY_FILE, "finetune", HISTORY_COLUMNS) for r, d in tune.items()},
+        finetune_metrics={r: read.json(d / METRICS_FILE, "finetune") for r, d in tune.items()},
+        export_metrics=read.optional_json(layout.export_reports / METRICS_FILE, "export"),
+        export_widths=read.optional_json(layout.export_reports / WIDTHS_FILE, "export"),
     )
     read.check()
     return inputs
@@ -137,24 +147,24 @@ def run(args: argparse.Namespace, config: Config) -> int:
         text = markdown(inputs, config, rows)
         for name, data in pngs.items():
             atomic_write_bytes(out / "figures" / name, data)
-        write_csv(out / "summary.csv", list(rows.values()))
+        write_csv(out / SUMMARY_FILE, list(rows.values()))
         write_json_folder(out / "metrics", headline_metrics(rows))
         write_json_folder(out / "timings", timing_metrics(inputs))
         for name, rows_of_curve in curves(inputs).items():
             write_csv(out / "curves" / name, rows_of_curve)
-        atomic_write_text(out / "report.md", text)  # last: its links point at the files above
+        atomic_write_text(out / REPORT_FILE, text)  # last: its links point at the files above
         for name in pngs:  # the files just written: log_figure would render every figure a second time (3 s)
             tracker.artifact(out / "figures" / name, "figures")
         tracker.table(list(rows.values()), "summary.json")
         # each model's accuracy and size as metrics (not its throughput: timings of other runs, see the report)
         headline = {
-            f"{model}/{key}": value
+            model_metric(model, key): value
             for model, values in headline_metrics(rows).items()
             for key, value in values.items()
             if isinstance(value, int | float)
         }
         tracker.metrics(headline, headline=tuple(headline))
-        tracker.artifact(out / "report.md")
-        tracker.artifact(out / "summary.csv")
-    print(f"report: {len(pngs)} figures, {len(rows)} models -> {out / 'report.md'}")
+        tracker.artifact(out / REPORT_FILE)
+        tracker.artifact(out / SUMMARY_FILE)
+    print(f"report: {len(pngs)} figures, {len(rows)} models -> {out / REPORT_FILE}")
     return 0

@@ -10,6 +10,7 @@ import argparse
 import torch
 
 from netslim import distributed, tracking
+from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_lambda
 from netslim.data import PreparedData, load_prepared
 from netslim.distributed import is_main_process, resolve_device
@@ -56,7 +57,11 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     # every histogram on one |γ| axis: twice the initial γ (PyTorch's 1.0 without model.bn_init) holds nearly all
     gamma_max = 2 * (config.model.bn_init or 1.0)
     out, reports = layout.sparse_dir(label), layout.train_reports(label)
-    files = [out / "last.pt", out / "best.pt", *(reports / f for f in ("history.csv", "gammas.csv", "metrics.json"))]
+    files = [
+        out / "last.pt",
+        out / "best.pt",
+        *(reports / f for f in (vocab.HISTORY_FILE, vocab.GAMMAS_FILE, vocab.METRICS_FILE)),
+    ]
     work, needs = layout.work("train", label), _bytes_needed(config, data)
     with (
         stage_outputs(work, f"train --lambda {label}", files, needs, is_main_process()) as outputs,
@@ -88,34 +93,32 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         model = sparse.best_model()
         save_checkpoint(run, outputs.path(out / "best.pt"), model, provenance | {"epoch": result.best_epoch})
         log_model(run, model, data.test.images[:2], data.mean, data.std)
-        write_csv(outputs.path(reports / "history.csv"), result.history)
-        write_csv(outputs.path(reports / "gammas.csv"), gamma_rows(model))
-        last = result.history[-1]
+        write_csv(outputs.path(reports / vocab.HISTORY_FILE), result.history)
+        write_csv(outputs.path(reports / vocab.GAMMAS_FILE), gamma_rows(model))
+        last, best = result.history[-1], result.history[result.best_epoch - 1]
         metrics = {
-            "lambda": lam,
-            "best_epoch": result.best_epoch,
-            "best_val_acc": result.best_val_acc,
-            "test_acc": result.history[result.best_epoch - 1]["test_acc"],
-            "final_test_acc": last["test_acc"],
-            "final_train_acc": last["train_acc"],
-            "sparsity": result.history[result.best_epoch - 1]["sparsity"],
+            vocab.LAMBDA: lam,
+            vocab.BEST_EPOCH: result.best_epoch,
+            vocab.VAL_ACC: result.best_val_acc,
+            vocab.TEST_ACC: best["test_acc"],
+            vocab.FINAL_TEST_ACC: last["test_acc"],
+            vocab.FINAL_TRAIN_ACC: last["train_acc"],
+            vocab.SPARSITY: best["sparsity"],
             # optimizer steps of the whole run: how far λ could push γ (a short run needs a larger λ)
-            "steps": settings.epochs * max(1, len(data.train) // settings.batch_size),
-            "num_params": count_params(model),
+            vocab.STEPS: settings.epochs * max(1, len(data.train) // settings.batch_size),
+            vocab.NUM_PARAMS: count_params(model),
         }
-        write_metrics(outputs.path(reports / "metrics.json"), metrics)
+        write_metrics(outputs.path(reports / vocab.METRICS_FILE), metrics)
         outputs.commit()
-        # test_acc and sparsity are per-epoch curves too; the best epoch's values need names of their own
-        curves = ("test_acc", "sparsity")
         run.metrics(
-            {(f"best_{k}" if k in curves else k): v for k, v in metrics.items() if k != "lambda"},
-            headline=("best_test_acc", "best_sparsity", "num_params", "best_epoch"),
+            {k: v for k, v in metrics.items() if k != vocab.LAMBDA},
+            headline=(vocab.TEST_ACC, vocab.SPARSITY, vocab.NUM_PARAMS, vocab.BEST_EPOCH),
         )
-        run.artifact(reports / "gammas.csv", "gammas")
+        run.artifact(reports / vocab.GAMMAS_FILE, "gammas")
     layout.state("train", label).unlink(missing_ok=True)
     print(
         f"train λ={label}: best val {result.best_val_acc:.4f} at epoch {result.best_epoch}, "
-        f"test {metrics['test_acc']:.4f}, sparsity {metrics['sparsity']:.3f} -> {out}"
+        f"test {metrics[vocab.TEST_ACC]:.4f}, sparsity {metrics[vocab.SPARSITY]:.3f} -> {out}"
     )
     return 0
 

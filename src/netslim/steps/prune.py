@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from netslim.config import BUDGET, Config, PruneConfig
+from netslim import vocabulary as vocab
+from netslim.config import Config, PruneConfig
 from netslim.data import PreparedData
 from netslim.engine import evaluate
 from netslim.measure import compare_models
@@ -27,16 +28,11 @@ from netslim.slimming.budget import budget_ratio
 from netslim.slimming.recalibrate import calibration_batches, recalibrate_batchnorm
 from netslim.slimming.surgery import PruneResult, prune
 from netslim.slimming.threshold import PruneError
+from netslim.vocabulary import BUDGET, VARIANTS, variant_name
 
 LatencyOf = Callable[[nn.Module], float]  # milliseconds of a pruned model, measured
 
-VARIANTS = ("plain", "compensated", "recalibrated", "compensated_recalibrated")
 SPEED_BATCH_SIZES = (1, 64)
-
-
-def variant_name(compensated: bool, recalibrated: bool) -> str:
-    """How a pruned model was repaired after surgery: one of VARIANTS."""
-    return VARIANTS[int(compensated) + 2 * int(recalibrated)]
 
 
 def configured_variant(prune_config: PruneConfig) -> str:
@@ -63,8 +59,7 @@ def pruned_variants(
     surgeries: dict[bool, PruneResult] = {}
     variants = {}
     for name in names:
-        index = VARIANTS.index(name)
-        compensated, recalibrated = bool(index % 2), index >= 2
+        compensated, recalibrated = vocab.variant_repairs(name)
         if compensated not in surgeries:
             surgeries[compensated] = prune(
                 sparse,
@@ -119,7 +114,7 @@ class PruneOutcome:
     Attributes:
         result: the configured variant (`variant`); its model is the one to save.
         test_acc: test accuracy before fine-tuning of every variant, by name.
-        unpruned_test_acc, val_acc: the sparse model's test accuracy; the configured variant's validation accuracy
+        sparse_test_acc, val_acc: the sparse model's test accuracy; the configured variant's validation accuracy
             (NaN without a validation split).
         speed: `measure.compare_models` of the sparse against the configured pruned model.
     """
@@ -127,20 +122,20 @@ class PruneOutcome:
     result: PruneResult
     variant: str
     test_acc: dict[str, float]
-    unpruned_test_acc: float
+    sparse_test_acc: float
     val_acc: float
     speed: dict[str, Any]
 
     def metrics(self) -> dict[str, float]:
-        """The flat metrics the prune stage writes to metrics.json and MLflow."""
+        """The flat metrics the prune stage writes to metrics.json and MLflow: the saved pruned model's accuracy is
+        `test_acc` (as every model's is), the other variants' `test_acc_<variant>`."""
         return {
-            "ratio_used": float(self.result.ratio),
-            "channels_removed": self.result.channels_removed,
-            "threshold": float(self.result.threshold),
-            "test_acc_before_finetune": self.test_acc[self.variant],
-            **{f"test_acc_{name}": value for name, value in self.test_acc.items()},
-            "val_acc_before_finetune": self.val_acc,
-            "unpruned_test_acc": self.unpruned_test_acc,
+            vocab.RATIO_USED: float(self.result.ratio),
+            vocab.CHANNELS_REMOVED: self.result.channels_removed,
+            vocab.THRESHOLD: float(self.result.threshold),
+            **vocab.variant_metrics(self.test_acc, self.variant),
+            vocab.VAL_ACC: self.val_acc,
+            vocab.of_sparse(vocab.TEST_ACC): self.sparse_test_acc,
         } | speed_metrics(self.speed)
 
 
@@ -166,8 +161,8 @@ def prune_step(
         check_removed(float(by["ratio"]), result.channels_removed, config.prune)
     sparse = sparse.to(device)
     ev = dict(device=device, batch_size=config.runtime.eval_batch_size, amp=config.runtime.amp)
-    test_acc = {name: evaluate(v.model, data.test, data.mean, data.std, **ev)[1] for name, v in variants.items()}
-    unpruned_acc = evaluate(sparse, data.test, data.mean, data.std, **ev)[1]
+    test_acc = {name: evaluate(p.model, data.test, data.mean, data.std, **ev)[1] for name, p in variants.items()}
+    sparse_acc = evaluate(sparse, data.test, data.mean, data.std, **ev)[1]
     val_acc = evaluate(result.model, data.val, data.mean, data.std, **ev)[1] if len(data.val) else math.nan
     speed = compare_models(
         sparse,
@@ -179,7 +174,7 @@ def prune_step(
         amp=config.runtime.amp,
         channels_last=config.runtime.channels_last,
     )
-    return PruneOutcome(result, chosen, test_acc, unpruned_acc, val_acc, speed)
+    return PruneOutcome(result, chosen, test_acc, sparse_acc, val_acc, speed)
 
 
 def check_removed(asked: float, removed: float, p: PruneConfig) -> None:
@@ -201,24 +196,17 @@ def check_removed(asked: float, removed: float, p: PruneConfig) -> None:
 
 
 def speed_metrics(speed: dict[str, Any]) -> dict[str, float]:
-    """compare_models' nested result as flat metric names: `<what>` of the pruned model, `<what>_unpruned`."""
-    flat = {
-        "num_params": speed["pruned"]["params"],
-        "num_params_unpruned": speed["reference"]["params"],
-        "macs": speed["pruned"]["macs"],
-        "macs_unpruned": speed["reference"]["macs"],
-        "flops": speed["pruned"]["flops"],
-        "flops_unpruned": speed["reference"]["flops"],
-        "thop_macs": speed["pruned"]["thop_macs"],
-        "thop_macs_unpruned": speed["reference"]["thop_macs"],
-        "params_ratio": speed["params_ratio"],
-        "macs_ratio": speed["macs_ratio"],
-    }
+    """compare_models' nested result as flat metric names: `<what>` of the pruned model, `<what>_sparse` of the
+    sparse model it was cut from and timed against."""
+    flat = {}
+    for key in vocab.SIZE:
+        flat |= {key: speed["pruned"][key], vocab.of_sparse(key): speed["reference"][key]}
+    flat |= {vocab.PARAMS_RATIO: speed["params_ratio"], vocab.MACS_RATIO: speed["macs_ratio"]}
     for row in speed["throughput"]:
         b = row["batch_size"]
         flat |= {
-            f"throughput_b{b}": row["pruned_images_per_s"],
-            f"throughput_b{b}_unpruned": row["reference_images_per_s"],
-            f"speedup_b{b}": row["speedup"],
+            vocab.per_batch(vocab.EAGER_IMAGES_PER_S, b): row["pruned_images_per_s"],
+            vocab.per_batch(vocab.of_sparse(vocab.EAGER_IMAGES_PER_S), b): row["reference_images_per_s"],
+            vocab.per_batch(vocab.EAGER_SPEEDUP, b): row["speedup"],
         }
     return flat

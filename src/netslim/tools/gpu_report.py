@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from netslim import vocabulary as vocab
 from netslim.tools.gpu_shapes import ARCHS, VARIANTS, CheckSize, SeedShape
 
 if TYPE_CHECKING:
@@ -92,9 +93,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         kind = key.split("/")[0]
         if kind == "prune":
             checks.append(
-                f"- {key}: params {t['num_params_unpruned']:,} → {t['num_params']:,}, MACs ratio "
-                f"{t['macs_ratio']:.2f}×, eager speedup {t.get('speedup_b1', math.nan):.2f}× at batch 1, "
-                f"{t.get('speedup_b64', math.nan):.2f}× at batch 64"
+                f"- {key}: params {t[vocab.of_sparse(vocab.NUM_PARAMS)]:,} → {t[vocab.NUM_PARAMS]:,}, MACs ratio "
+                f"{t[vocab.MACS_RATIO]:.2f}×, eager speedup "
+                + " and ".join(
+                    f"{t.get(vocab.per_batch(vocab.EAGER_SPEEDUP, b), math.nan):.2f}× at batch {b}" for b in (1, 64)
+                )
             )
         elif kind == "l1_autocast":
             checks.append(
@@ -107,7 +110,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             cuda_text = cuda if isinstance(cuda, str) else f"{cuda['speedup']:.2f}× at batch {cuda['batch_size']}"
             checks.append(
                 f"- {key}: exported in {t['unpruned_export_seconds']:.0f} s / {t['pruned_export_seconds']:.0f} s, "
-                f"ONNX Runtime CPU ({t['threads']} threads) pruned speedup {row['speedup']:.2f}× at batch "
+                f"ONNX Runtime CPU ({t['threads']} threads) pruned speedup {row[vocab.ONNX_SPEEDUP]:.2f}× at batch "
                 f"{row['batch_size']}; CUDA provider: {cuda_text}"
             )
         elif kind == "fit":

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from netslim import vocabulary as vocab
 from netslim.io import write_json
 from netslim.tools.gpu_shapes import GPU_MARK, ROOT, SIZES, VARIANTS, CheckSize, SeedShape, seed_config
 
@@ -148,8 +149,11 @@ def prune_section(sparse, data, config: Config, device, ratio: float) -> tuple[A
 
     outcome = prune_step(sparse.cpu(), data, config, device, ratio)  # the stage loads it on the CPU, then moves it
     metrics = outcome.metrics()
-    keep = ("ratio_used", "channels_removed", "num_params", "num_params_unpruned", "macs", "macs_unpruned")
-    keep += ("macs_ratio", "speedup_b1", "speedup_b64", "throughput_b64", "throughput_b64_unpruned")
+    ips, speedup = vocab.EAGER_IMAGES_PER_S, vocab.EAGER_SPEEDUP
+    keep = (vocab.RATIO_USED, vocab.CHANNELS_REMOVED, vocab.MACS_RATIO)
+    keep += (*vocab.SIZE[:2], *(vocab.of_sparse(k) for k in vocab.SIZE[:2]))
+    keep += tuple(vocab.per_batch(speedup, b) for b in (1, 64))
+    keep += tuple(vocab.per_batch(k, 64) for k in (ips, vocab.of_sparse(ips)))
     return outcome.result.model, {k: metrics[k] for k in keep if k in metrics} | {"variant": outcome.variant}
 
 

@@ -22,6 +22,7 @@ from netslim.tracking.description import NOTE_TAG, headline_table, run_link
 from netslim.tracking.dvc_params import dvc_stage, param_text, rounded, stage_params
 from netslim.tracking.identity import PROJECT_RUN_ENV, pipeline_id, source_tags
 from netslim.tracking.store import HTTP_DEFAULTS, TrackingError, check_reachable, open_experiment, tracking_uri
+from netslim.vocabulary import curve
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,8 +111,9 @@ class Tracker:
         self._call(f"log_metrics(step={step})", lambda: self._mlflow.log_metrics(numeric, step=step))
 
     def epoch(self, record: dict[str, float]) -> None:
-        """Every per-epoch value with step = epoch, so the UI draws the curves."""
-        self.metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+        """Every per-epoch value as `epoch/<key>` with step = epoch, so the UI draws the curves (and the best
+        epoch's values keep their plain names)."""
+        self.metrics({curve(k): v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
 
     def dict(self, obj: Any, filename: str) -> None:
         self._call(f"log_dict({filename})", lambda: self._mlflow.log_dict(obj, filename))

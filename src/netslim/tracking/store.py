@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from netslim.config import Config
+from netslim.vocabulary import MEETS_CONSTRAINTS, NUM_PARAMS, SPARSITY, TEST_ACC
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # A lost server must not stall training for minutes: MLflow's defaults are 7 retries and 120 s timeouts.
@@ -28,11 +29,7 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 HEADLINE_COLUMNS = (
     "params.`lambda`",
     "params.`ratio`",
-    "metrics.`best_test_acc`",
-    "metrics.`test_acc_before_finetune`",
-    "metrics.`num_params`",
-    "metrics.`best_sparsity`",
-    "metrics.`meets_constraints`",
+    *(f"metrics.`{key}`" for key in (TEST_ACC, NUM_PARAMS, SPARSITY, MEETS_CONSTRAINTS)),
 )
 HEADLINE_VIEW = json.dumps({"selectedColumns": list(HEADLINE_COLUMNS)})
 # MLflow 3 opens an experiment on its GenAI traces page; this view is the runs table of classic ML runs.
