@@ -2,8 +2,8 @@
 
 Eager PyTorch pays a dispatch per layer and a separate pass per BatchNorm, so a pruned model's measured speedup
 falls far short of its MACs ratio. An ONNX Runtime session runs one pre-planned graph with fused kernels; there
-the speedup comes much closer to what the MACs promise. Measured on this project's 2-core CPU (width-0.25
-ResNet-50, 32×32 inputs, 2 threads): see README's "Export" section and `netslim export`'s metrics.
+the speedup comes much closer to what the MACs promise: docs/export.md and `netslim export`'s metrics say by how
+much on this machine.
 
 The exported graph takes normalised float32 NCHW images (x/255 - mean)/std, named `images`, with a dynamic batch
 size, and returns `logits`; the mean and std are in the file's metadata.
@@ -123,9 +123,8 @@ def pad_channels(model: nn.Module, multiple: int | None) -> nn.Module:
     `multiple` None (export.pad_to: null) returns `model` itself, unpadded.
 
     Why: ONNX Runtime's blocked (NCHWc) convolutions work on 8 channels at a time on AVX2 CPUs; a pruned model's
-    odd widths fall back to plain kernels and lose most of what pruning saved (measured on the demo's 50% model:
-    0.85× the unpruned export's speed unpadded). Padding is the deployment-side fix, `prune.round_to` the
-    pruning-side one (it keeps real channels where padding adds zeros).
+    odd widths fall back to plain kernels and lose most of what pruning saved (docs/export.md). Padding is the
+    deployment-side fix, `prune.round_to` the pruning-side one (it keeps real channels where padding adds zeros).
     Exact because an added channel's filters are zero and its BatchNorm has γ = β = 0 (it emits 0 whatever comes
     in; running variance 1), so it is 0 after the ReLU, and the layer after it has zero weights on it.
     """
@@ -202,8 +201,7 @@ def ort_session(
     the CPU unless `provider` names another (`netslim.tools.gpu_check` tries "CUDAExecutionProvider").
 
     Its threads sleep between runs instead of spinning: sessions are timed in turn, and a session's spinning
-    threads took the CPU from the next one's run. Measured on 2 cores, five exports of the demo timed in turn at
-    batch 64: the unpruned one read 891-914 img/s with spinning, 1,879-2,468 img/s without.
+    threads took the CPU from the next one's run (on 2 cores, about half the throughput with spinning on).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

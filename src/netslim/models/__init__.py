@@ -178,10 +178,9 @@ def load_model(path: str | Path, arch: str | None = None) -> nn.Module:
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
-    """NHWC when `channels_last` (`runtime.channels_last`), on the CPU as on CUDA: measured on a 2-core CPU, a
-    1/8-width ResNet-50 trains 1.9× faster at batch 32 and evaluates 1.6× faster in NHWC than in NCHW, a full-width
-    ResNet-56 about 2× faster; but NHWC training of a ResNet-56 at width 0.25 (4-channel convolutions) stalls on the
-    CPU after two steps (PyTorch 2.14), so such tiny models run with `runtime.channels_last: false`."""
+    """NHWC when `channels_last` (`runtime.channels_last`), on the CPU as on CUDA: faster on both (params.yaml says
+    by how much here), except for models with 4-channel convolutions, whose NHWC training stalls on the CPU: they run
+    with `runtime.channels_last: false`."""
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
