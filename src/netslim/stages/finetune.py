@@ -10,9 +10,9 @@ import argparse
 from netslim import distributed
 from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_ratio, ratio_label
-from netslim.io import file_sha256, load_checkpoint, write_csv, write_metrics
+from netslim.io import file_sha256, write_csv, write_metrics
 from netslim.measure import model_summary
-from netslim.models import count_params, load_model, model_from_checkpoint
+from netslim.models import count_params, load_model
 from netslim.stages.model_tracking import log_model, save_checkpoint
 from netslim.stages.shell import StageShell, distributed_stage
 from netslim.steps import RunOptions, fit_settings
@@ -33,19 +33,17 @@ def _finetune(args: argparse.Namespace, shell: StageShell) -> int:
     config, layout = shell.config, shell.layout
     label = ratio_label(parse_ratio(args.ratio, "--ratio"))
     device = shell.device
-    source = layout.pruned(label)
-    checkpoint = load_checkpoint(source)
-    model = model_from_checkpoint(checkpoint, source, config.model.arch)
-    model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
+    source = shell.source_model(layout.pruned(label))
+    model = distributed.maybe_sync_batchnorm(source.model, config.runtime.sync_bn, device)
     data = shell.data
     settings = configured_distillation(fit_settings(config, config.finetune, sparsity_lambda=0.0), config.finetune)
-    identity = {"source": file_sha256(source), "data": file_sha256(layout.prepared / "meta.json")}
+    identity = {"source": source.sha256, "data": file_sha256(layout.prepared / "meta.json")}
     teacher = None
     if settings.distill_alpha:
         teacher_lambda = config.prune.lambda_ if config.finetune.distill_teacher == "sparse" else "0"
         teacher = load_model(layout.sparse_best(teacher_lambda), config.model.arch)
         identity["teacher"] = file_sha256(layout.sparse_best(teacher_lambda))
-    prov = checkpoint.get("provenance", {})
+    prov = source.provenance
     lam = lambda_label(prov["lambda"]) if "lambda" in prov else ""  # as the train and prune runs spell it
     tags = {"ratio": label, "lambda": lam, "arch": model.arch, "dataset": config.data.dataset}
     percent = vocab.ratio_percent(label)
@@ -53,10 +51,8 @@ def _finetune(args: argparse.Namespace, shell: StageShell) -> int:
     out, reports = layout.finetuned(label), layout.finetune_reports(label)
     files = [out, reports / vocab.HISTORY_FILE, reports / vocab.METRICS_FILE]
     needs = 6 * 4 * count_params(model) + 2**20  # the checkpoint and the resume state (see stages/train.py)
-    writing = shell.writing(label, f"--ratio {label}", files, f"finetune {percent}", needs, params, **tags)
+    writing = shell.writing(label, f"--ratio {label}", files, f"finetune {percent}", needs, params, source, **tags)
     with writing as (outputs, run):
-        source_hash = identity["source"]
-        run.source(source, source_hash, prov)
         tuned = finetune(
             model,
             data,
@@ -91,8 +87,8 @@ def _finetune(args: argparse.Namespace, shell: StageShell) -> int:
             prov
             | {
                 "stage": "finetune",
-                "source": str(source),
-                "source_sha256": source_hash,
+                "source": str(source.path),
+                "source_sha256": source.sha256,
                 "best_epoch": result.best_epoch,
             },
         )

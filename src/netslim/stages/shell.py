@@ -10,20 +10,38 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from netslim import distributed, tracking
 from netslim.config import Config
 from netslim.data import PreparedData, load_prepared
 from netslim.distributed import is_main_process, resolve_device
 from netslim.engine import set_deterministic
-from netslim.io import StageOutputs, stage_outputs
+from netslim.io import StageOutputs, file_sha256, load_checkpoint, stage_outputs
 from netslim.layout import Layout
+from netslim.models import model_from_checkpoint
 from netslim.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """The checkpoint a stage starts from and the model built from it.
+
+    Attributes:
+        provenance: what the stage that wrote it recorded (its λ, its MLflow run); {} for a file without one.
+        sha256: its hash, tagged on the run and part of a resume state's identity.
+    """
+
+    path: Path
+    model: nn.Module
+    provenance: dict[str, Any]
+    sha256: str
 
 
 class StageShell:
@@ -57,6 +75,12 @@ class StageShell:
     def data(self) -> PreparedData:
         return load_prepared(self.layout.prepared, self.config.data.dataset, self.config.data.image_size)
 
+    def source_model(self, path: Path) -> SourceModel:
+        """The model in the checkpoint at `path`; a bad file, or one of another arch than model.arch, stops here."""
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path, self.config.model.arch)
+        return SourceModel(path, model, checkpoint.get("provenance") or {}, file_sha256(path))
+
     def tracking_run(
         self, run_name: str, params: dict[str, Any] | None = None, **tags: Any
     ) -> contextlib.AbstractContextManager[Tracker]:
@@ -74,6 +98,7 @@ class StageShell:
         run_name: str,
         needs_bytes: int = 0,
         params: dict[str, Any] | None = None,
+        source: SourceModel | None = None,
         **tags: Any,
     ) -> Iterator[tuple[StageOutputs, Tracker]]:
         """The stage's outputs (netslim.io.stage_outputs, under `layout.work(stage, label)`) inside its MLflow run.
@@ -84,12 +109,15 @@ class StageShell:
             files: every file the stage writes; each is written to `outputs.path(file)`, then `outputs.commit()`.
             needs_bytes: disk the stage will write, checked before the block runs.
             params, tags: as tracking.stage_run.
+            source: the checkpoint the stage starts from, tagged on the run (Tracker.source).
         """
         what = f"{self.stage} {argument}".rstrip()
         with (
             stage_outputs(self.layout.work(self.stage, label), what, files, needs_bytes, self.main_process) as outputs,
             self.tracking_run(run_name, params, **tags) as run,
         ):
+            if source is not None:
+                run.source(source.path, source.sha256, source.provenance)
             yield outputs, run
 
 
