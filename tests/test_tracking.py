@@ -131,7 +131,7 @@ def wait_for_first_epoch(client, process: subprocess.Popen, timeout: float = 300
     while process.poll() is None and time.monotonic() < deadline:
         experiment = client.get_experiment_by_name("netslim")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+        if runs and client.get_metric_history(runs[0].info.run_id, vocab.curve("train_loss")):
             assert process.poll() is None, "training ended before its first epoch was logged"
             return runs[0]
         time.sleep(0.2)
@@ -354,7 +354,7 @@ def test_every_per_epoch_metric_has_one_point_per_epoch(tracked):
         keys = [k for k in history[0] if k != "epoch"]
         assert {"train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "lr", "sparsity"} <= {*keys}
         for key in keys:
-            points = client.get_metric_history(tracked.runs[name].info.run_id, key)
+            points = client.get_metric_history(tracked.runs[name].info.run_id, vocab.curve(key))
             assert [p.step for p in points] == [int(row["epoch"]) for row in history], (name, key)
             assert [p.value for p in points] == pytest.approx([float(row[key]) for row in history]), (name, key)
 
