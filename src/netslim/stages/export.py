@@ -28,7 +28,7 @@ from torch import nn
 from netslim import tracking
 from netslim import vocabulary as vocab
 from netslim.config import Config, ConfigError, lambda_label, ratio_label
-from netslim.data import PreparedData, load_prepared, normalize
+from netslim.data import PreparedData, normalize
 from netslim.engine import evaluate
 from netslim.export import (
     OPSET,
@@ -42,10 +42,10 @@ from netslim.export import (
     speed_rows,
     write_onnx,
 )
-from netslim.io import load_checkpoint, stage_outputs, write_metrics
-from netslim.layout import Layout
+from netslim.io import load_checkpoint, write_metrics
 from netslim.measure import count_conv_linear_macs, model_summary
 from netslim.models import count_params, model_from_checkpoint
+from netslim.stages.shell import StageShell
 from netslim.steps.prune import prune_configured
 
 CPU = torch.device("cpu")  # ONNX Runtime runs on the CPU here, so the eager models it is compared with do too
@@ -138,7 +138,8 @@ def _check_images(data: PreparedData, config: Config) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    layout = Layout(config.paths)
+    shell = StageShell(config, "export")  # no device: everything here runs on the CPU
+    layout = shell.layout
     lam = lambda_label(config.prune.lambda_)
     sparse_key = vocab.train_model(lam)  # the model every fine-tuned one is compared with
     sources = {sparse_key: layout.sparse_best(lam)} | {
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     }
     for name, checkpoint in checkpoints.items():
         _check_lineage(sources[name], checkpoint["provenance"].get("lambda"), lam)
-    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
+    data = shell.data
     size = (1, *data.image_shape)
     e = config.export
     threads = e.threads or default_threads()
@@ -169,10 +170,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     reports = [layout.export_reports / vocab.METRICS_FILE, layout.export_reports / vocab.WIDTHS_FILE]
     files = [*(layout.exported(name) for name in models), *reports]
     needs = sum(4 * count_params(model) for model in models.values()) + 2**20
-    with (
-        stage_outputs(layout.work("export", "all"), "export", files, needs) as outputs,
-        tracking.stage_run(config, "export", "export", params=compared, **{"lambda": lam}) as run,
-    ):
+    with shell.writing("all", "", files, "export", needs, compared, **{"lambda": lam}) as (outputs, run):
         run.set_tags({"ort_threads": threads, "opset": OPSET})  # stage_run itself logs the params dvc.yaml lists
         run.linked_sources({sources[name]: checkpoint["provenance"] for name, checkpoint in checkpoints.items()})
         exported, metrics = {}, {}

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from netslim import distributed, tracking
+from netslim import distributed
 from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_ratio, ratio_label
-from netslim.data import load_prepared
-from netslim.distributed import is_main_process, resolve_device
-from netslim.engine import set_deterministic
-from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
-from netslim.layout import Layout
+from netslim.io import file_sha256, write_csv, write_metrics
 from netslim.measure import model_summary
-from netslim.models import count_params, load_model, model_from_checkpoint
+from netslim.models import count_params, load_model
 from netslim.stages.model_tracking import log_model, save_checkpoint
+from netslim.stages.shell import StageShell, distributed_stage
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import configured_distillation, finetune
 
@@ -28,29 +25,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Under torchrun, the whole stage runs inside the process group (docs/distributed.md)."""
-    with distributed.session(config.experiment.device):
-        return _finetune(args, config)
+    with distributed_stage(config, "finetune", config.experiment.deterministic) as shell:
+        return _finetune(args, shell)
 
 
-def _finetune(args: argparse.Namespace, config: Config) -> int:
+def _finetune(args: argparse.Namespace, shell: StageShell) -> int:
+    config, layout = shell.config, shell.layout
     label = ratio_label(parse_ratio(args.ratio, "--ratio"))
-    layout = Layout(config.paths)
-    set_deterministic(config.experiment.deterministic)
-    device = resolve_device(config.experiment.device)
-    source = layout.pruned(label)
-    checkpoint = load_checkpoint(source)
-    model = model_from_checkpoint(checkpoint, source, config.model.arch)
-    model = distributed.maybe_sync_batchnorm(model, config.runtime.sync_bn, device)
-    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
+    device = shell.device
+    source = shell.source_model(layout.pruned(label))
+    model = distributed.maybe_sync_batchnorm(source.model, config.runtime.sync_bn, device)
+    data = shell.data
     settings = configured_distillation(fit_settings(config, config.finetune, sparsity_lambda=0.0), config.finetune)
-    identity = {"source": file_sha256(source), "data": file_sha256(layout.prepared / "meta.json")}
+    identity = {"source": source.sha256, "data": file_sha256(layout.prepared / "meta.json")}
     teacher = None
     if settings.distill_alpha:
         teacher_lambda = config.prune.lambda_ if config.finetune.distill_teacher == "sparse" else "0"
         teacher = load_model(layout.sparse_best(teacher_lambda), config.model.arch)
         identity["teacher"] = file_sha256(layout.sparse_best(teacher_lambda))
-    prov = checkpoint.get("provenance", {})
+    prov = source.provenance
     lam = lambda_label(prov["lambda"]) if "lambda" in prov else ""  # as the train and prune runs spell it
     tags = {"ratio": label, "lambda": lam, "arch": model.arch, "dataset": config.data.dataset}
     percent = vocab.ratio_percent(label)
@@ -58,16 +51,8 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
     out, reports = layout.finetuned(label), layout.finetune_reports(label)
     files = [out, reports / vocab.HISTORY_FILE, reports / vocab.METRICS_FILE]
     needs = 6 * 4 * count_params(model) + 2**20  # the checkpoint and the resume state (see stages/train.py)
-    with (
-        stage_outputs(
-            layout.work("finetune", label), f"finetune --ratio {label}", files, needs, is_main_process()
-        ) as outputs,
-        tracking.stage_run(
-            config, "finetune", f"finetune {percent}", params=params, main_process=is_main_process(), **tags
-        ) as run,
-    ):
-        source_hash = identity["source"]
-        run.source(source, source_hash, prov)
+    writing = shell.writing(label, f"--ratio {label}", files, f"finetune {percent}", needs, params, source, **tags)
+    with writing as (outputs, run):
         tuned = finetune(
             model,
             data,
@@ -83,7 +68,7 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             ),
             teacher,
         )
-        if not is_main_process():
+        if not shell.main_process:
             return 0
         result, best = tuned.fit, tuned.best
         summary = model_summary(model, (1, *data.image_shape))
@@ -102,8 +87,8 @@ def _finetune(args: argparse.Namespace, config: Config) -> int:
             prov
             | {
                 "stage": "finetune",
-                "source": str(source),
-                "source_sha256": source_hash,
+                "source": str(source.path),
+                "source_sha256": source.sha256,
                 "best_epoch": result.best_epoch,
             },
         )

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from netslim import tracking
 from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_lambda, parse_ratio, ratio_label
-from netslim.data import load_prepared
-from netslim.distributed import resolve_device
-from netslim.io import file_sha256, load_checkpoint, stage_outputs, write_csv, write_metrics
-from netslim.layout import Layout
+from netslim.io import write_csv, write_metrics
 from netslim.measure import channels_per_layer
-from netslim.models import count_params, model_from_checkpoint
+from netslim.models import count_params
 from netslim.stages.model_tracking import log_model, save_checkpoint
+from netslim.stages.shell import StageShell
 from netslim.steps.prune import LatencyOf, prune_step
 
 
@@ -26,26 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    shell = StageShell(config, "prune")
+    layout = shell.layout
     target = parse_ratio(args.ratio, "--ratio")
     label = ratio_label(target)
     lam = lambda_label(parse_lambda(args.lam or config.prune.lambda_, "--lambda"))
-    layout = Layout(config.paths)
-    device = resolve_device(config.experiment.device)
-    source = layout.sparse_best(lam)
-    checkpoint = load_checkpoint(source)
-    sparse = model_from_checkpoint(checkpoint, source, config.model.arch)
-    source_sha256 = file_sha256(source)
-    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
+    device = shell.device
+    source = shell.source_model(layout.sparse_best(lam))
+    sparse = source.model
+    data = shell.data
     tags = {"ratio": label, "lambda": lam, "arch": sparse.arch, "dataset": config.data.dataset}
     params = {"ratio": label, "lambda": lam}
     out, reports = layout.pruned(label), layout.prune_reports(label)
     files = [out, reports / vocab.CHANNELS_FILE, reports / vocab.METRICS_FILE]
     needs = 4 * count_params(sparse) + 2**20  # the pruned checkpoint is at most the sparse model's size
-    with (
-        stage_outputs(layout.work("prune", label), f"prune --ratio {label}", files, needs) as outputs,
-        tracking.stage_run(config, "prune", f"prune {vocab.ratio_percent(label)}", params=params, **tags) as run,
-    ):
-        run.source(source, source_sha256, checkpoint.get("provenance") or {})
+    writing = shell.writing(
+        label, f"--ratio {label}", files, f"prune {vocab.ratio_percent(label)}", needs, params, source, **tags
+    )
+    with writing as (outputs, run):
         outcome = prune_step(sparse, data, config, device, target, _latency_of(config, target, data.image_shape))
         result, chosen, acc = outcome.result, outcome.variant, outcome.test_acc
         provenance = {
@@ -56,8 +51,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "lambda": float(lam),
             "bias_compensation": config.prune.bias_compensation,
             "recalibration_batches": config.prune.recalibration_batches,
-            "source": str(source),
-            "source_sha256": source_sha256,
+            "source": str(source.path),
+            "source_sha256": source.sha256,
         }
         save_checkpoint(run, outputs.path(out), result.model, provenance)
         channels = channels_per_layer(result.model)

@@ -16,17 +16,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from netslim import tracking
 from netslim.config import Config, ConfigError, validate
-from netslim.data import load_prepared
-from netslim.distributed import resolve_device
-from netslim.engine import set_deterministic
 from netslim.io import file_sha256, write_csv, write_json
-from netslim.layout import Layout
 from netslim.search.choice import summarize, trial_row
 from netslim.search.figures import FIGURES, figures, save_png
 from netslim.search.objective import CATCH, Context, run_trial
 from netslim.search.study import counted, default_storage, open_study, redact, trial_budget
+from netslim.stages.shell import StageShell
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +52,8 @@ def with_overrides(
 def run(args: argparse.Namespace, config: Config) -> int:
     """Run this worker's share of the study, then write the outputs."""
     config = with_overrides(config, storage=args.storage, n_trials=args.n_trials, study_name=args.study_name)
-    layout = Layout(config.paths)
-    set_deterministic(config.experiment.deterministic)
-    device = resolve_device(config.experiment.device)
-    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
+    shell = StageShell(config, "search", config.experiment.deterministic)
+    layout, device, data = shell.layout, shell.device, shell.data
     if len(data.val) == 0:
         raise ConfigError(
             "data.val_size: 0 leaves no validation images; the search chooses λ and lr on held-out data, "
@@ -69,7 +63,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed below instead
     study = open_study(config, url)
     name = config.search.study_name
-    with tracking.stage_run(config, "search", f"search {name}", study=name) as parent:
+    with shell.tracking_run(f"search {name}", study=name) as parent:
         parent.params(
             {k: v for k, v in config.to_flat_dict().items() if k.startswith(("search.", "constraints."))}
             | {"search.storage": redact(url)}

@@ -9,16 +9,13 @@ import argparse
 
 import torch
 
-from netslim import distributed, tracking
 from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_lambda
-from netslim.data import PreparedData, load_prepared
-from netslim.distributed import is_main_process, resolve_device
-from netslim.engine import set_deterministic
-from netslim.io import file_sha256, stage_outputs, write_csv, write_metrics
-from netslim.layout import Layout
+from netslim.data import PreparedData
+from netslim.io import file_sha256, write_csv, write_metrics
 from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.stages.model_tracking import log_gamma_histogram, log_model, save_checkpoint
+from netslim.stages.shell import StageShell, distributed_stage
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.train import initial_model, sparsity_train
 
@@ -39,18 +36,15 @@ def gamma_rows(model: torch.nn.Module) -> list[dict]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Under torchrun, the whole stage runs inside the process group (docs/distributed.md)."""
-    with distributed.session(config.experiment.device):
-        return _train(args, config)
+    with distributed_stage(config, "train", config.experiment.deterministic) as shell:
+        return _train(args, shell)
 
 
-def _train(args: argparse.Namespace, config: Config) -> int:
+def _train(args: argparse.Namespace, shell: StageShell) -> int:
+    config, layout = shell.config, shell.layout
     lam = parse_lambda(args.lam, "--lambda")
     label = lambda_label(lam)
-    layout = Layout(config.paths)
-    set_deterministic(config.experiment.deterministic)
-    device = resolve_device(config.experiment.device)
-    data = load_prepared(layout.prepared, config.data.dataset, config.data.image_size)
+    device, data = shell.device, shell.data
     settings = fit_settings(config, config.train, lam)
     every = max(1, settings.epochs // GAMMA_HISTOGRAM_EPOCHS)
     tags = {"lambda": label, "arch": config.model.arch, "dataset": config.data.dataset}
@@ -62,13 +56,9 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         out / "best.pt",
         *(reports / f for f in (vocab.HISTORY_FILE, vocab.GAMMAS_FILE, vocab.METRICS_FILE)),
     ]
-    work, needs = layout.work("train", label), _bytes_needed(config, data)
-    with (
-        stage_outputs(work, f"train --lambda {label}", files, needs, is_main_process()) as outputs,
-        tracking.stage_run(
-            config, "train", f"train λ={label}", params={"lambda": label}, main_process=is_main_process(), **tags
-        ) as run,
-    ):
+    needs = _bytes_needed(config, data)
+    writing = shell.writing(label, f"--lambda {label}", files, f"train λ={label}", needs, {"lambda": label}, **tags)
+    with writing as (outputs, run):
         if run.enabled:
             log_gamma_histogram(run, initial_model(config, data.num_classes), 0, label, gamma_max)
 
@@ -85,7 +75,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             file_sha256(layout.prepared / "meta.json"),
             RunOptions(layout.state("train", label), args.resume, on_epoch, f"train λ={label}", "train.lr"),
         )
-        if not is_main_process():
+        if not shell.main_process:
             return 0
         result = sparse.fit
         provenance = {"stage": "train", "lambda": lam, "dataset": config.data.dataset, "epochs": settings.epochs}
