@@ -4,7 +4,8 @@ DVC runs one stage at a time. Here each stage that needs to run gets its own `dv
 every stage it depends on has finished, up to `workers` at once (the CPUs divided by runtime.threads). DVC keeps its
 lock and cache consistent: it releases the repository lock while a stage's command runs and takes it again (we pass
 --wait-for-lock) to record the stage in dvc.lock, and its per-output read/write locks keep two stages from touching
-the same files. A stage's results do not depend on what runs beside it (runtime.threads fixes its thread count), so
+the same files; a stage whose dvc.yaml `meta` says `runs_alone` (the export, which times models) runs with
+nothing beside it. A stage's results do not depend on what runs beside it (runtime.threads fixes its thread count), so
 they equal those of a plain `dvc repro` to the digit. The stages' lines are printed as they come, each after the
 stage's name.
 
@@ -31,6 +32,13 @@ class Plan:
 
     stages: list[str]
     needs: dict[str, set[str]] = field(default_factory=dict)
+    alone: set[str] = field(default_factory=set)  # stages that time something: nothing runs beside them
+
+    def can_start(self, stage: str, done: set[str], running: set[str]) -> bool:
+        """Every stage it needs is done, and neither it nor a running stage must run alone."""
+        if not self.needs[stage] <= done:
+            return False
+        return not running or (stage not in self.alone and not running & self.alone)
 
 
 def _closure(start: str, edges: dict[str, set[str]]) -> set[str]:
@@ -60,6 +68,7 @@ def plan(dvc_file: str = "dvc.yaml") -> Plan:
             if stage.addressing in names and dependency.addressing in names:
                 upstream[stage.addressing].add(dependency.addressing)
         changed = set(repo.status(targets=[dvc_file])) & names
+        alone = {stage.addressing for stage in ours if (stage.meta or {}).get("runs_alone")}
     downstream: dict[str, set[str]] = {name: set() for name in names}
     for name, sources in upstream.items():
         for source in sources:
@@ -68,7 +77,7 @@ def plan(dvc_file: str = "dvc.yaml") -> Plan:
     order = [stage.addressing for stage in ours]
     # the stages most others wait for first: the sparse model that is pruned before the other trainings
     stages = sorted(run, key=lambda name: (-len(_closure(name, downstream)), order.index(name)))
-    return Plan(stages, {name: _closure(name, upstream) & run for name in stages})
+    return Plan(stages, {name: _closure(name, upstream) & run for name in stages}, alone & run)
 
 
 def workers_for(threads: int | None) -> int:
@@ -195,7 +204,7 @@ def run_side_by_side(
                 group.received is None
                 and failed[0] is None
                 and len(running) < workers
-                and (ready := [s for s in waiting if pipeline.needs[s] <= done])
+                and (ready := [s for s in waiting if pipeline.can_start(s, done, set(running))])
             ):
                 stage = ready[0]
                 waiting.remove(stage)
