@@ -75,8 +75,16 @@ def plan(dvc_file: str = "dvc.yaml") -> Plan:
             downstream[source].add(name)
     run = changed.union(*(_closure(name, downstream) for name in changed))
     order = [stage.addressing for stage in ours]
-    # the stages most others wait for first: the sparse model that is pruned before the other trainings
-    stages = sorted(run, key=lambda name: (-len(_closure(name, downstream)), order.index(name)))
+    depth: dict[str, int] = {}
+
+    def depth_of(name: str) -> int:  # the longest chain of stages it waits for
+        if name not in depth:
+            depth[name] = 1 + max((depth_of(source) for source in upstream[name]), default=-1)
+        return depth[name]
+
+    # Wave by wave (every training before any pruning), so that the export, which runs alone, never waits for a
+    # training that started late; in a wave, the stages most others wait for first (the sparse model that is pruned).
+    stages = sorted(run, key=lambda name: (depth_of(name), -len(_closure(name, downstream)), order.index(name)))
     return Plan(stages, {name: _closure(name, upstream) & run for name in stages}, alone & run)
 
 
