@@ -259,3 +259,28 @@ def pil_reference_crop_flip(
             img = tf.hflip(img)
         out.append(torch.from_numpy(np.array(img)))
     return torch.stack(out) if out else images_uint8_nhwc.cpu().clone()
+
+
+def markdown_table(markdown: str, having: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in `markdown` with a column `having`, each keyed by its column."""
+    header: list[str] | None = None
+    rows: list[dict[str, str]] = []
+    for line in [*markdown.splitlines(), ""]:
+        if not line.startswith("|"):
+            if rows:
+                return rows
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif having in header and not line.startswith("|:---"):
+            rows.append(dict(zip(header, cells, strict=True)))
+    raise AssertionError(f"no table with a column {having!r}")
+
+
+def table_row(markdown: str, first_cell: str, having: str) -> dict[str, str]:
+    """The row whose first cell is `first_cell` in the first table with a column `having`."""
+    rows = [row for row in markdown_table(markdown, having) if next(iter(row.values())) == first_cell]
+    assert rows, f"no row {first_cell!r} in the table with a column {having!r}"
+    return rows[0]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import tiny_params, write_params
+from conftest import markdown_table, table_row, tiny_params, write_params
 from netslim.cli import main
 from netslim.config import PruneConfig
 from netslim.export import (
@@ -373,10 +373,16 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
     text = "\n\n".join(export_markdown(metrics, widths))
     assert f"opset {OPSET}" in text and "with 2 threads" in text
     assert "padded with zero channels to multiples of 8 (`export.pad_to`)" in text
-    assert (
-        "| pruned 90% + fine-tuned | 5.50× | 1.2 M | 2.20× | 3.85× | 0.40× | 0.70× | 1.41× | 1.88× | 71.00% | 2.5e-06 |"
-        in text
+    row = table_row(text, "pruned 90% + fine-tuned", "MACs run")
+    assert (row["MACs ratio"], row["MACs run"], row["ONNX test accuracy"], row["max abs Δ logit"]) == (
+        "5.50×",
+        "1.2 M",
+        "71.00%",
+        "2.5e-06",
     )
+    for batch, onnx_speedup, of_macs, eager in ((1, "2.20×", "0.40×", "1.41×"), (64, "3.85×", "0.70×", "1.88×")):
+        assert row[f"speedup (batch {batch})"] == onnx_speedup and row[f"of MACs ratio (batch {batch})"] == of_macs
+        assert row[f"eager speedup (batch {batch})"] == eager
     assert "padded with zero channels" not in "\n\n".join(export_markdown(metrics | {"pad_to": None}, widths))
     # the fine-tuned 50% model has the plain pruned widths: what padding gave is said from the two rows
     metrics[finetuned_model("0.5")] = {NUM_PARAMS: 123456, at64: 1.5, "onnx_macs": 3_000_000}
@@ -386,8 +392,11 @@ def test_report_section_shows_speedups_next_to_the_macs_ratio_and_the_widths_sid
         "ran 0.90×." in text
     )
     assert "Padding at export" not in "\n\n".join(export_markdown(metrics | {"pad_to": None}, widths))
-    assert "| pruned 50% | 1 | 123,456 | 2.5 M | 50.00% | 0.90× |" in text
-    assert "| pruned 50% | 8 | 130,000 | 2.7 M | 52.00% | 1.30× |" in text
+    rounded = {row["round_to"]: row for row in markdown_table(text, "round_to")}
+    assert set(rounded) == {"1", "8"} and all(row["pruned model"] == "pruned 50%" for row in rounded.values())
+    accuracy, speedup = "accuracy right after pruning", "ONNX speedup (batch 64)"
+    assert [rounded["1"][k] for k in ("params", "MACs", accuracy, speedup)] == ["123,456", "2.5 M", "50.00%", "0.90×"]
+    assert [rounded["8"][k] for k in ("params", "MACs", accuracy, speedup)] == ["130,000", "2.7 M", "52.00%", "1.30×"]
     assert (
         "In this run, at batch 64 against the exported sparse model: "
         "pruned 50% runs 0.90× with plain widths and 1.30× with widths rounded to 8." in text

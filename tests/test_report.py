@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_params
+from conftest import table_row, write_params
 from netslim import vocabulary as vocab
 from netslim.cli import main as cli_main
 from netslim.config import Config, ConfigError, PathsConfig, config_from_dict
@@ -20,7 +20,7 @@ from netslim.io import write_csv, write_json
 from netslim.layout import Layout
 from netslim.report.captions import SMALL_GAMMA, _exported_speedup, compensation_subsumed
 from netslim.report.figures import FIGURES, _speedups, scaling_factor_distribution
-from netslim.report.inputs import ReportInputs, meets_constraints, model_name
+from netslim.report.inputs import REPAIRS, ReportInputs, meets_constraints, model_name, saved_repair
 from netslim.report.markdown import lr_schedule
 from netslim.report.summary import timing_metrics
 from netslim.stages import report as stage
@@ -203,9 +203,15 @@ def test_no_table_sets_throughputs_of_different_measurements_side_by_side(writte
     text = (Path(written.paths.reports) / "report.md").read_text()
     models = text.split("## Models")[1].split("## Pruning")[0]
     assert "img/s" not in models
-    # the speed table: each pruned model's images/s next to those of the unpruned model timed with it, in one row
-    assert "| pruned 90% | 19.60× | 27.17× | 150 → 300 | 2.00× | 3,000 → 9,000 | 3.00× |" in text
-    assert "| pruned 50% | 3.92× | 5.43× | 150 → 300 | 2.00× | 3,000 → n/a | n/a |" in text  # not written: n/a
+    # the speed table: each pruned model's images/s next to those of the sparse model timed with it, in one row
+    speed = "speedup (batch 1)"
+    pruned_90, pruned_50 = table_row(text, "pruned 90%", speed), table_row(text, "pruned 50%", speed)
+    assert pruned_90["img/s sparse → pruned (batch 1)"] == "150 → 300" and pruned_90[speed] == "2.00×"
+    assert pruned_90["img/s sparse → pruned (batch 64)"] == "3,000 → 9,000"
+    assert pruned_90["speedup (batch 64)"] == "3.00×"
+    assert pruned_90["params ratio"] == "19.60×" and pruned_90["MACs ratio"] == "27.17×"
+    assert pruned_50["img/s sparse → pruned (batch 64)"] == "3,000 → n/a"  # not written: n/a, no speedup made up
+    assert pruned_50["speedup (batch 64)"] == "n/a"
 
 
 def test_every_model_gets_a_headline_metrics_file_for_dvc(written: Config) -> None:
@@ -326,7 +332,13 @@ def test_captions_and_pruning_table_state_this_runs_numbers(written: Config) -> 
         gammas = pd.read_csv(layout.train_reports(lam) / "gammas.csv")["gamma"].abs()
         assert f"λ = {lam}: {(gammas < SMALL_GAMMA).mean():.0%} (median |γ|" in text
     # four ways right after pruning, the saved one (compensation + recalibration by default) in bold
-    assert "| pruned 90% | 0.9000 | 86.90% | 0.0123 | 94.00% | 12.00% | 22.00% | 37.00% | **42.00%** |" in text
+    row = table_row(text, "pruned 90%", "γ threshold")
+    assert (row["ratio used"], row["channels removed"], row["γ threshold"]) == ("0.9000", "86.90%", "0.0123")
+    assert row["sparse model"] == "94.00%"
+    repairs = {variant: row[title] for variant, title in REPAIRS.items()}
+    # each repair's accuracy under its own column; the saved one (compensation + recalibration) in bold
+    assert saved_repair(written) == vocab.VARIANTS[-1]
+    assert repairs == dict(zip(vocab.VARIANTS, ["12.00%", "22.00%", "37.00%", "**42.00%**"], strict=True))
     assert "pruned 90%: the sparse model scores 94.0%; plain surgery 12.0% (-82.0 points)" in text
     assert "pruned 90%: 42.0% right after pruning, 91.2% after 3 fine-tuning epochs" in text
     assert "pruned 90% + fine-tuned: 91.2% (-0.8 points against unpruned (λ = 0))" in text
