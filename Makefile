@@ -47,7 +47,9 @@ $(PLOTS_PAGE): Makefile | system-deps
 	  printf '<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; \
 	} > $@.tmp; mv $@.tmp $@
 
-setup: $(STAMP) system-deps $(PLOTS_PAGE)
+# The venv (uv, compiling on every core) and the plots page (npm, waiting on the registry) are made side by side.
+setup:
+	@$(MAKE) --no-print-directory -j2 system-deps $(STAMP) $(PLOTS_PAGE)
 
 # Debian packages: the embedded dataset, PostgreSQL for the multi-worker Optuna test, npm for `dvc plots show`'s page.
 system-deps:
