@@ -28,7 +28,8 @@ GRACE_SECONDS = 60.0  # a stage that ignores SIGINT this long is terminated (the
 
 @dataclass
 class Plan:
-    """The stages to run, most depended-on first, and for each the planned stages it must wait for."""
+    """The stages to run in the order they are started (wave by wave, see `plan`), for each the planned stages it
+    must wait for, and those that must run with nothing beside them."""
 
     stages: list[str]
     needs: dict[str, set[str]] = field(default_factory=dict)
@@ -181,9 +182,8 @@ class Interruptible:
 
 def run_interruptible(cmd: list[str], env: dict[str, str]) -> tuple[int, int | None]:
     """Run `cmd` in its own process group until it ends; returns (exit code, the signal received or None)."""
-    with Interruptible() as group:
+    with Interruptible() as group:  # leaving it waits for the process and ends what its group left running
         process = group.start(cmd, env)
-        group.end_all()
     return process.returncode, group.received
 
 
