@@ -309,6 +309,31 @@ def test_the_children_of_an_interrupted_stage_are_terminated_and_reaped():
     assert done.stdout.split() == ["[]", "gone"], done.stdout + done.stderr  # stopped, and reaped: no zombie
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_finished_stage_exits_fails_it_in_one_line(signum):
+    """Ctrl-C reaches a stage that has just finished, while the interpreter shuts down (torch's finalizers run in
+    atexit): one line and exit 128 + the signal, no traceback; failing, so an interrupted `dvc repro` stops there.
+    The atexit hook below, registered after torch's, runs first and signals the process as the demo's Ctrl-C did
+    in CI."""
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts")["netslim"].value == "netslim.cli:entry"
+    script = (
+        "import atexit, os, sys, time\n"
+        "import torch\n"
+        "from netslim import cli\n"
+        f"atexit.register(lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(0.5)))\n"
+        "sys.argv = ['netslim', '--help']\n"
+        "cli.entry()\n"
+    )
+    done = run_process([sys.executable, "-c", script], timeout=60)
+    assert done.returncode == 128 + signum and done.stdout.startswith("usage"), done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: interrupted by {signal.Signals(signum).name} as `netslim --help` exited; its outputs are written but "
+        "not recorded: rerun it (or `dvc repro`)"
+    ], done.stderr
+
+
 def test_a_diverging_stage_is_one_line_naming_the_lr_and_writes_nothing(tmp_path):
     from netslim.io import save_torch, write_json
     from netslim.models import build_model, make_checkpoint
