@@ -72,10 +72,11 @@ def count_conv_linear_macs(model: nn.Module, input_size: Sequence[int] = (1, *IM
     """Multiply-accumulates per image of the convolutions and linear layers of one forward pass, exactly.
 
     A conv's output element takes (in_channels / groups) × kernel height × kernel width MACs, a linear layer's
-    in_features; BatchNorm, activations, pooling and additions count nothing. Counted on the meta device from a
-    copy of the model, so no arithmetic runs and the model is left untouched.
+    in_features; BatchNorm, activations, pooling and additions count nothing. Counted by one forward pass of zeros
+    through a CPU copy of the model (left untouched). Not on the meta device, which runs no arithmetic: its first
+    use in a process registers PyTorch's meta kernels, about a second, where the forward pass takes milliseconds.
     """
-    probe = copy.deepcopy(unwrap(model)).to("meta").eval()
+    probe = copy.deepcopy(unwrap(model)).cpu().float().eval()
     total = 0
 
     def conv_hook(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
@@ -93,7 +94,7 @@ def count_conv_linear_macs(model: nn.Module, input_size: Sequence[int] = (1, *IM
         elif isinstance(module, nn.Linear):
             module.register_forward_hook(linear_hook)
     with torch.no_grad():
-        probe(torch.zeros(tuple(input_size), device="meta"))
+        probe(torch.zeros(tuple(input_size)))
     return total // input_size[0]
 
 
