@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netslim.config import ConfigError, _section_from_dict, read_yaml
+from netslim.config import ConfigError, read_yaml, section_from_dict
 from netslim.io import atomic_path, write_csv, write_json
 
 PARTS = ("controls", "sweep", "multipass")
@@ -45,7 +45,7 @@ def load_studies(path: str | Path) -> StudiesConfig:
     raw = read_yaml(path.read_text()) or {}
     if not isinstance(raw, dict) or set(raw) - {"studies"}:
         raise ConfigError(f"{path}: must hold only a `studies:` section")
-    s = _section_from_dict(StudiesConfig, raw.get("studies"), "studies")
+    s = section_from_dict(StudiesConfig, raw.get("studies"), "studies")
     for key in ("ratio", "pass_target"):
         value = getattr(s, key)
         if not 0 < value < 1:
