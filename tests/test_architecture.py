@@ -7,8 +7,8 @@ under TYPE_CHECKING) cannot dodge them:
 - the report and the CI report import no torch, nor does any netslim module they import; io's checkpoint functions
   import torch when called, so importing them by name (or io as a whole) counts as importing torch.
 
-A module reached through an import is read as it runs: its `if TYPE_CHECKING:` imports (registry.py names the
-model classes there for its annotations) import nothing at run time. The modules a rule is about are read whole.
+A module reached through an import is read as it runs: its `if TYPE_CHECKING:` imports (tracking/run.py names
+matplotlib's Figure there for its annotations) import nothing at run time. The modules a rule is about are read whole.
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ def module_file(module: str) -> Path | None:
 
 
 def runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node of the tree but those under `if TYPE_CHECKING:`, which never run (registry.py names the model
-    classes there for its annotations: no stage runs the model code for that)."""
+    """Every node of the tree but those under `if TYPE_CHECKING:`, which never run (an import there serves the
+    annotations only: no stage runs that code for it)."""
     todo = [tree]
     while todo:
         node = todo.pop()
