@@ -24,7 +24,13 @@ from conftest import ROOT
 PACKAGE = ROOT / "src" / "netslim"
 # torch-free by their own rules: the config and the architecture names it checks, and a file hash
 TRACKING_MAY_IMPORT = {"netslim", "netslim.config", "netslim.registry", "netslim.digest", "netslim.vocabulary"}
-REPORTS = ("netslim.report", "netslim.ci_report", "netslim.stages.report", "netslim.stages.ci_report")
+REPORTS = (
+    "netslim.report",
+    "netslim.ci_report",
+    "netslim.stages.report",
+    "netslim.stages.ci_report",
+    "netslim.stages.study_report",
+)
 
 
 @dataclass(frozen=True)
