@@ -22,8 +22,8 @@ from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.slimming.surgery import prune, prune_model
 from netslim.slimming.threshold import capped_masks, select_channels
 from netslim.steps.train import initial_model
-from netslim.studies import random_masks, width_for_params
-from netslim.study_report import load_studies
+from netslim.studies.experiments import random_masks, width_for_params
+from netslim.studies.parts import load_studies
 from test_pipeline import DVC, run
 
 

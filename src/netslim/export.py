@@ -29,8 +29,7 @@ from netslim import vocabulary as vocab
 from netslim.data import Split, normalize
 from netslim.io import atomic_write_bytes
 from netslim.measure import IMAGE_SHAPE, count_conv_linear_macs, interleaved_seconds, interleaved_throughput
-from netslim.models import memory_format, unwrap
-from netslim.registry import architecture
+from netslim.models import architecture, memory_format, unwrap
 
 OPSET = 20  # the ai.onnx opset torch 2.14's exporter (dynamo=True) targets by default; ONNX Runtime 1.2x runs it
 INPUT_NAME, OUTPUT_NAME = "images", "logits"

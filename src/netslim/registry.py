@@ -6,16 +6,18 @@ name and that entry's place in ENTRIES; nothing else in netslim names architectu
 Torch-free: the config checks `model.arch` against these names, and a stage that needs no torch (report, ci-report)
 must not pay 2-3 s for importing it there. An entry's module (its model, and so torch) is imported when the entry
 is first used.
+
+The registry knows no more of an entry than where it lives, so this floor names no model type: netslim.models hands
+the same registry on as `ARCHITECTURES: Registry[Architecture]`, with `architecture(name) -> Architecture`.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
-if TYPE_CHECKING:
-    from netslim.models.architecture import Architecture
+Entry = TypeVar("Entry")
 
 # name -> "module:attribute" of its Architecture entry
 ENTRIES = {
@@ -25,20 +27,20 @@ ENTRIES = {
 }
 
 
-class Registry(MutableMapping[str, "Architecture"]):
-    """name -> Architecture, each entry imported from its module on first use; names need no import at all."""
+class Registry(MutableMapping[str, Entry]):
+    """name -> entry, each imported from its module on first use; names need no import at all."""
 
     def __init__(self, entries: dict[str, str]) -> None:
         self._places = dict(entries)
-        self._loaded: dict[str, Architecture] = {}
+        self._loaded: dict[str, Entry] = {}
 
-    def __getitem__(self, name: str) -> Architecture:
+    def __getitem__(self, name: str) -> Entry:
         if name not in self._loaded:
             module, _, attribute = self._places[name].partition(":")  # KeyError: not registered
             self._loaded[name] = getattr(importlib.import_module(module), attribute)
         return self._loaded[name]
 
-    def __setitem__(self, name: str, entry: Architecture) -> None:
+    def __setitem__(self, name: str, entry: Entry) -> None:
         """Register an entry built elsewhere (a test's own architecture)."""
         self._places[name] = f"{type(entry).__module__}:<registered>"
         self._loaded[name] = entry
@@ -58,11 +60,3 @@ class Registry(MutableMapping[str, "Architecture"]):
 
 
 ARCHITECTURES = Registry(ENTRIES)
-
-
-def architecture(name: str) -> Architecture:
-    """The registry entry of `name`; ValueError naming the known ones otherwise."""
-    try:
-        return ARCHITECTURES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"arch {name!r} is unknown; use one of {', '.join(ARCHITECTURES)}") from None

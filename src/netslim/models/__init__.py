@@ -8,12 +8,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from netslim import registry
 from netslim.config import MAX_CLASSES, MAX_WIDTH
 from netslim.io import CheckpointError, load_checkpoint, save_torch
 from netslim.models.architecture import Architecture
-from netslim.registry import ARCHITECTURES, architecture
 
 CHECKPOINT_FORMAT = "netslim-checkpoint/1"
+# The torch-free registry, typed: its entries are Architectures, which the registry's floor cannot name.
+ARCHITECTURES: registry.Registry[Architecture] = registry.ARCHITECTURES
+
+
+def architecture(name: str) -> Architecture:
+    """The registry entry of `name`; ValueError naming the known ones otherwise."""
+    try:
+        return ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"arch {name!r} is unknown; use one of {', '.join(ARCHITECTURES)}") from None
 
 
 def default_cfg(arch: str, width: float = 1.0) -> list:

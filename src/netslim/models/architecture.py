@@ -1,8 +1,9 @@
 """What netslim needs to know about one architecture, as data: one `Architecture` entry per model file.
 
-Surgery, checkpoints, the config check and the CLI read these entries through `netslim.registry`;
-none of them names an architecture. A model built by an entry carries `arch` (the entry's name), `cfg`,
-`width` and `num_classes` as attributes, which is all a checkpoint needs to rebuild it.
+Surgery, checkpoints and the CLI read these entries through netslim.models' `architecture(name)`, the config check
+their names through the torch-free `netslim.registry`; none of them names an architecture. A model built by an entry
+carries `arch` (the entry's name), `cfg`, `width` and `num_classes` as attributes, which is all a checkpoint needs to
+rebuild it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from pathlib import Path
 from netslim import tracking
 from netslim.config import Config
 from netslim.io import atomic_write_text
-from netslim.study_report import FIGURES, PARTS, load_results, load_studies, report_markdown, save_figure
+from netslim.studies.figures import FIGURES, save_figure
+from netslim.studies.markdown import load_results, report_markdown
+from netslim.studies.parts import PARTS, load_studies
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

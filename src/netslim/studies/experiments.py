@@ -1,8 +1,6 @@
-"""Studies beside the pipeline (issue 27): was slimming worth it, and how far can it go?
-
-Four parts, each a stage of studies/dvc.yaml (`make study`), each built on the pipeline's own steps (the one
-training loop in `engine.fit` through `steps.finetune.finetune`, pruning through `steps.prune` and
-`slimming.surgery`); they start from the sparse model of `prune.lambda` that the root pipeline trains:
+"""The studies' experiments, each built on the pipeline's own steps (the one training loop in `engine.fit` through
+`steps.finetune.finetune`, pruning through `steps.prune` and `slimming.surgery`); they start from the sparse model of
+`prune.lambda` that the root pipeline trains:
 
 - controls: at the pruned architecture of `studies.ratio`, slimming + fine-tuning against fine-tuning with
   knowledge distillation, the same architecture trained from scratch for as many epochs as sparsity training +
@@ -11,9 +9,10 @@ training loop in `engine.fit` through `steps.finetune.finetune`, pruning through
 - sweep: accuracy right after pruning (repaired as `prune` configures) at many ratios, fine-tuned at a few,
   with params, conv+linear MACs and the eager batch-1 latency;
 - multipass: the paper's multi-pass scheme with a per-layer cap, against single-pass pruning to the same params,
-  and the cap's effect on the accuracy right after single-pass pruning at `studies.ratio`;
-Their settings are studies/params.yaml's `studies` section (`study_report.StudiesConfig`); everything else is
-params.yaml's. `netslim.study_report` writes the parts' files and reports/studies/README.md from them.
+  and the cap's effect on the accuracy right after single-pass pruning at `studies.ratio`.
+
+Their settings are studies/params.yaml's `studies` section (`netslim.studies.parts.StudiesConfig`); everything else
+is params.yaml's.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import distilled, finetune
 from netslim.steps.prune import configured_variant, pruned_variants
 from netslim.steps.train import initial_model
-from netslim.study_report import StudiesConfig, test_noise
+from netslim.studies.parts import StudiesConfig, test_noise
 
 
 @dataclass
