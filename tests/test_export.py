@@ -38,6 +38,7 @@ from netslim.export import (
     ort_session,
     pad_channels,
     speed_rows,
+    speed_table,
     write_onnx,
 )
 from netslim.io import load_checkpoint, save_torch
@@ -202,6 +203,22 @@ def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None
         assert row[ONNX_SPEEDUP_OVER_MACS_RATIO] == pytest.approx(row[ONNX_SPEEDUP] / row[MACS_RATIO])
     onnx_only = speed_rows(reference, pruned, threads=1, batch_sizes=(2,), repeats=1, warmup=0, eager=False)
     assert EAGER_SPEEDUP not in onnx_only[0] and onnx_only[0][ONNX_SPEEDUP] > 0
+
+
+def test_speed_table_times_the_reference_once_for_every_pruned_model(exported) -> None:
+    """The export stage's table: the reference and every pruned model timed in the same rounds, so each pruned
+    model's speedup divides by the same reference throughput."""
+    _, reference = exported["vgg19_unpruned"]
+    pruned = [exported[name][1] for name in ("vgg19", "resnet50")]
+    table = speed_table(reference, pruned, threads=1, batch_sizes=(1, 4), repeats=1, warmup=0)
+    assert len(table) == 2 and all([row["batch_size"] for row in rows] == [1, 4] for rows in table)
+    for b in range(2):
+        first, second = table[0][b], table[1][b]
+        for key in (of_sparse(ONNX_IMAGES_PER_S), of_sparse(EAGER_IMAGES_PER_S)):
+            assert first[key] == second[key] > 0  # one measurement of the reference
+        for row in (first, second):
+            assert row[ONNX_SPEEDUP] == row[ONNX_IMAGES_PER_S] / row[of_sparse(ONNX_IMAGES_PER_S)]
+            assert row[EAGER_SPEEDUP] == row[EAGER_IMAGES_PER_S] / row[of_sparse(EAGER_IMAGES_PER_S)]
 
 
 def test_a_timed_sample_covers_64_images_unless_fewer_calls_last_long_enough() -> None:

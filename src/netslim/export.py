@@ -335,54 +335,71 @@ def speed_rows(
     eager: bool = True,
     channels_last: bool = False,
 ) -> list[dict[str, float]]:
-    """Throughput of a reference (the sparse model) and a pruned model, in ONNX Runtime and eager PyTorch, timed
-    interleaved; named as netslim.vocabulary names them (`<runtime>_images_per_s`, `_sparse` for the reference's).
+    """`speed_table` of one pruned model: its rows, one per batch size."""
+    return speed_table(reference, [pruned], threads, batch_sizes, repeats, warmup, eager, channels_last)[0]
 
-    Each pair (the two ONNX Runtime sessions, the two eager models) is timed interleaved by
-    measure.interleaved_throughput, so each speedup compares numbers taken under the same load; the two runtimes
-    are timed in separate rounds, since one's worker threads still hold the CPU for a moment after a call (PyTorch's
-    OpenMP threads spin before they sleep) and would slow the other's next call. PyTorch gets as many threads as
-    ONNX Runtime.
+
+def speed_table(
+    reference: Deployable,
+    pruned: Sequence[Deployable],
+    threads: int,
+    batch_sizes: Sequence[int] = (1, 64),
+    repeats: int = 10,
+    warmup: int = 2,
+    eager: bool = True,
+    channels_last: bool = False,
+) -> list[list[dict[str, float]]]:
+    """Throughput of a reference (the sparse model) and of each pruned model, in ONNX Runtime and eager PyTorch,
+    timed interleaved; for each pruned model one row per batch size, named as netslim.vocabulary names them
+    (`<runtime>_images_per_s`, `_sparse` for the reference's).
+
+    At each batch size the reference and every pruned model (their ONNX Runtime sessions, then their eager models)
+    are timed in the same rounds by measure.interleaved_throughput, so each speedup compares numbers taken under
+    the same load, and the reference is timed once for all of them. The two runtimes are timed in separate rounds,
+    since one's worker threads still hold the CPU for a moment after a call (PyTorch's OpenMP threads spin before
+    they sleep) and would slow the other's next call. PyTorch gets as many threads as ONNX Runtime.
     `onnx_speedup` is ONNX Runtime's pruned/reference throughput and `onnx_speedup_over_macs_ratio` how much of the MACs
     ratio it realises; with `eager`, `eager_speedup` is the same in eager PyTorch and `onnx_over_eager` what
     the export gains for the pruned model; `channels_last` is the eager runs' layout (`runtime.channels_last`).
     """
     size = (1, *input_shape(reference.session))
-    macs_ratio = count_conv_linear_macs(reference.model, size) / count_conv_linear_macs(pruned.model, size)
+    reference_macs = count_conv_linear_macs(reference.model, size)
+    macs_ratios = [reference_macs / count_conv_linear_macs(model.model, size) for model in pruned]
     restore = _threads(threads)
-    rows = []
+    table: list[list[dict[str, float]]] = [[] for _ in pruned]
     try:
         with torch.inference_mode():
             for batch_size in batch_sizes:
-                (ort_ref, eager_ref), (ort_pruned, eager_pruned) = (
-                    _runners(m, batch_size, channels_last) for m in (reference, pruned)
-                )
+                ort_runs, eager_runs = zip(*(_runners(m, batch_size, channels_last) for m in (reference, *pruned)))
                 calls = calls_per_sample(batch_size)
-                pair = [functools.partial(ort_ref, calls), functools.partial(ort_pruned, calls)]
-                ips = interleaved_throughput(pair, batch_size * calls, repeats, warmup)
+                onnx = interleaved_throughput(
+                    [functools.partial(run, calls) for run in ort_runs], batch_size * calls, repeats, warmup
+                )
                 if eager:  # sized by the slower, reference model's call
-                    calls = calls_per_sample(batch_size, seconds_per_call=_seconds_of_one_call(eager_ref))
-                    pair = [functools.partial(eager_ref, calls), functools.partial(eager_pruned, calls)]
-                    ips += interleaved_throughput(pair, batch_size * calls, repeats, warmup)
-                row = {
-                    "batch_size": int(batch_size),
-                    vocab.ONNX_IMAGES_PER_S: ips[1],
-                    vocab.of_sparse(vocab.ONNX_IMAGES_PER_S): ips[0],
-                    vocab.ONNX_SPEEDUP: ips[1] / ips[0],
-                    vocab.MACS_RATIO: macs_ratio,
-                    vocab.ONNX_SPEEDUP_OVER_MACS_RATIO: ips[1] / ips[0] / macs_ratio,
-                }
-                if eager:
-                    row |= {
-                        vocab.EAGER_IMAGES_PER_S: ips[3],
-                        vocab.of_sparse(vocab.EAGER_IMAGES_PER_S): ips[2],
-                        vocab.EAGER_SPEEDUP: ips[3] / ips[2],
-                        vocab.ONNX_OVER_EAGER: ips[1] / ips[3],
+                    calls = calls_per_sample(batch_size, seconds_per_call=_seconds_of_one_call(eager_runs[0]))
+                    timed = interleaved_throughput(
+                        [functools.partial(run, calls) for run in eager_runs], batch_size * calls, repeats, warmup
+                    )
+                for i, macs_ratio in enumerate(macs_ratios):
+                    row = {
+                        "batch_size": int(batch_size),
+                        vocab.ONNX_IMAGES_PER_S: onnx[i + 1],
+                        vocab.of_sparse(vocab.ONNX_IMAGES_PER_S): onnx[0],
+                        vocab.ONNX_SPEEDUP: onnx[i + 1] / onnx[0],
+                        vocab.MACS_RATIO: macs_ratio,
+                        vocab.ONNX_SPEEDUP_OVER_MACS_RATIO: onnx[i + 1] / onnx[0] / macs_ratio,
                     }
-                rows.append(row)
+                    if eager:
+                        row |= {
+                            vocab.EAGER_IMAGES_PER_S: timed[i + 1],
+                            vocab.of_sparse(vocab.EAGER_IMAGES_PER_S): timed[0],
+                            vocab.EAGER_SPEEDUP: timed[i + 1] / timed[0],
+                            vocab.ONNX_OVER_EAGER: onnx[i + 1] / timed[i + 1],
+                        }
+                    table[i].append(row)
     finally:
         restore()
-    return rows
+    return table
 
 
 def onnx_accuracy(

@@ -40,6 +40,7 @@ from netslim.export import (
     ort_session,
     pad_channels,
     speed_rows,
+    speed_table,
     write_onnx,
 )
 from netslim.io import load_checkpoint, write_metrics
@@ -187,12 +188,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 vocab.ONNX_MACS: count_conv_linear_macs(graph, size),  # padding included
             } | model_summary(model, size)
         reference = exported[sparse_key][1]
-        for name, (_, deployable) in exported.items():
-            if name != sparse_key:
-                rows = speed_rows(
-                    reference, deployable, threads, e.batch_sizes, e.repeats, channels_last=config.runtime.channels_last
-                )
-                metrics[name] |= _ratios(metrics[sparse_key], metrics[name]) | _flat(rows)
+        pruned = [name for name in exported if name != sparse_key]
+        table = speed_table(
+            reference,
+            [exported[name][1] for name in pruned],
+            threads,
+            e.batch_sizes,
+            e.repeats,
+            channels_last=config.runtime.channels_last,
+        )
+        for name, rows in zip(pruned, table, strict=True):
+            metrics[name] |= _ratios(metrics[sparse_key], metrics[name]) | _flat(rows)
         widths = compare_widths(models[sparse_key], data, config, reference, threads) if e.compare_round_to else {}
         for name, (proto, _) in exported.items():
             write_onnx(outputs.path(layout.exported(name)), proto)
