@@ -37,7 +37,6 @@ from netslim.export import (
     ort_logits,
     ort_session,
     pad_channels,
-    speed_rows,
     speed_table,
     write_onnx,
 )
@@ -187,11 +186,11 @@ def test_outputs_that_differ_from_pytorch_fail_the_check(exported) -> None:
         check_matches("vgg19", unpruned.model, vgg.session, images(8), atol=1e-4)
 
 
-def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None:
+def test_speed_table_times_both_models_in_onnx_runtime_and_eager(exported) -> None:
     _, reference = exported["vgg19_unpruned"]
     _, pruned = exported["vgg19"]
     threads = torch.get_num_threads()
-    rows = speed_rows(reference, pruned, threads=1, batch_sizes=(1, 4), repeats=1, warmup=0)
+    (rows,) = speed_table(reference, [pruned], threads=1, batch_sizes=(1, 4), repeats=1, warmup=0)
     assert torch.get_num_threads() == threads  # restored
     assert [row["batch_size"] for row in rows] == [1, 4]
     for row in rows:
@@ -201,7 +200,7 @@ def test_speed_rows_time_both_models_in_onnx_runtime_and_eager(exported) -> None
         assert row[ONNX_OVER_EAGER] == onnx / eager
         assert row[MACS_RATIO] == count_conv_linear_macs(reference.model) / count_conv_linear_macs(pruned.model) > 1
         assert row[ONNX_SPEEDUP_OVER_MACS_RATIO] == pytest.approx(row[ONNX_SPEEDUP] / row[MACS_RATIO])
-    onnx_only = speed_rows(reference, pruned, threads=1, batch_sizes=(2,), repeats=1, warmup=0, eager=False)
+    (onnx_only,) = speed_table(reference, [pruned], threads=1, batch_sizes=(2,), repeats=1, warmup=0, eager=False)
     assert EAGER_SPEEDUP not in onnx_only[0] and onnx_only[0][ONNX_SPEEDUP] > 0
 
 
@@ -245,7 +244,7 @@ def test_smaller_images_are_exported_timed_and_counted_at_their_own_size() -> No
             np.testing.assert_allclose(ort_logits(session, x), model(x).numpy(), atol=1e-4, rtol=0)
         pair[name] = Deployable(model, session)
     assert 0 < latency_ms(pair["pruned"].session, repeats=2, warmup=0) < 10_000
-    (row,) = speed_rows(pair["reference"], pair["pruned"], threads=1, batch_sizes=(2,), repeats=1, warmup=0)
+    ((row,),) = speed_table(pair["reference"], [pair["pruned"]], threads=1, batch_sizes=(2,), repeats=1, warmup=0)
     at16 = [count_conv_linear_macs(pair[k].model, (1, 3, 16, 16)) for k in ("reference", "pruned")]
     assert at16[0] < count_conv_linear_macs(
         pair["reference"].model

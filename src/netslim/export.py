@@ -325,20 +325,6 @@ def _seconds_of_one_call(run: Callable[[int], None]) -> float:
     return seconds
 
 
-def speed_rows(
-    reference: Deployable,
-    pruned: Deployable,
-    threads: int,
-    batch_sizes: Sequence[int] = (1, 64),
-    repeats: int = 10,
-    warmup: int = 2,
-    eager: bool = True,
-    channels_last: bool = False,
-) -> list[dict[str, float]]:
-    """`speed_table` of one pruned model: its rows, one per batch size."""
-    return speed_table(reference, [pruned], threads, batch_sizes, repeats, warmup, eager, channels_last)[0]
-
-
 def speed_table(
     reference: Deployable,
     pruned: Sequence[Deployable],
@@ -370,7 +356,8 @@ def speed_table(
     try:
         with torch.inference_mode():
             for batch_size in batch_sizes:
-                ort_runs, eager_runs = zip(*(_runners(m, batch_size, channels_last) for m in (reference, *pruned)))
+                runners = [_runners(m, batch_size, channels_last) for m in (reference, *pruned)]
+                ort_runs, eager_runs = zip(*runners, strict=True)
                 calls = calls_per_sample(batch_size)
                 onnx = interleaved_throughput(
                     [functools.partial(run, calls) for run in ort_runs], batch_size * calls, repeats, warmup

@@ -39,7 +39,6 @@ from netslim.export import (
     onnx_model,
     ort_session,
     pad_channels,
-    speed_rows,
     speed_table,
     write_onnx,
 )
@@ -57,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _flat(rows: list[dict[str, float]]) -> dict[str, float]:
-    """speed_rows as metric names with the batch size as a suffix (onnx_speedup_b64, ...); the MACs ratio is kept
-    once."""
+    """One model's speed_table rows as metric names with the batch size as a suffix (onnx_speedup_b64, ...); the
+    MACs ratio is kept once."""
     per_batch = [(row["batch_size"], key, value) for row in rows for key, value in row.items()]
     once = ("batch_size", vocab.MACS_RATIO)
     return {vocab.per_batch(key, b): value for b, key, value in per_batch if key not in once}
@@ -109,7 +108,7 @@ def compare_widths(
             )
             _, pruned = _deployable(model, {}, threads, data.image_shape)
             check_matches(name, model, pruned.session, _check_images(data, config), e.atol)
-            rows = speed_rows(reference, pruned, threads, e.batch_sizes, e.repeats, eager=False)
+            (rows,) = speed_table(reference, [pruned], threads, e.batch_sizes, e.repeats, eager=False)
             summary = model_summary(model, size)
             results[name] = {vocab.ROUND_TO: round_to, vocab.TEST_ACC: accuracy} | summary
             results[name] |= _ratios(reference_summary, summary)

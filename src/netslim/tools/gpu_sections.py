@@ -173,7 +173,7 @@ def fit_section(model, data, settings, device) -> dict[str, Any]:
 
 def export_section(unpruned, pruned, data, config: Config, size: CheckSize) -> dict[str, Any]:
     """Both models exported (`export.onnx_model`, padded as export.pad_to asks), checked against PyTorch and timed
-    in ONNX Runtime on the CPU (`export.speed_rows`), and on ONNX Runtime's CUDA provider when it is installed."""
+    in ONNX Runtime on the CPU (`export.speed_table`), and on ONNX Runtime's CUDA provider when it is installed."""
     import onnxruntime as ort
     import torch
 
@@ -186,7 +186,7 @@ def export_section(unpruned, pruned, data, config: Config, size: CheckSize) -> d
         onnx_model,
         ort_session,
         pad_channels,
-        speed_rows,
+        speed_table,
     )
     from netslim.measure import interleaved_seconds
 
@@ -201,8 +201,8 @@ def export_section(unpruned, pruned, data, config: Config, size: CheckSize) -> d
         result[f"{name}_export_seconds"] = time.perf_counter() - started
         deployed[name] = Deployable(model, ort_session(protos[name], threads))
         result[f"{name}_max_abs_diff"] = check_matches(name, model, deployed[name].session, images, e.atol)
-    rows = speed_rows(
-        deployed["unpruned"], deployed["pruned"], threads, e.batch_sizes, min(e.repeats, size.repeats * 3)
+    (rows,) = speed_table(
+        deployed["unpruned"], [deployed["pruned"]], threads, e.batch_sizes, min(e.repeats, size.repeats * 3)
     )
     result["cpu_speed"] = rows
     if "CUDAExecutionProvider" not in result["providers"]:
