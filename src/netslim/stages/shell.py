@@ -5,6 +5,10 @@ session), takes the device and the prepared data from it when its own order of w
 `shell.writing(...)`: the stage's files written as a unit via `stage_outputs` inside its MLflow run, ended by
 `commit_with_metrics` (metrics.json last, the commit, the metrics logged). What is left in the stage file is what
 differs: its arguments, its step, its files and printed lines.
+
+`netslim prepare` opens `stage_outputs` and `tracking.stage_run` itself: it has no device, model or prepared data
+to take from a shell, and this module's imports (torch, the engine, the models) would join its DVC deps, so an edit
+to the training engine would rerun the data preparation.
 """
 
 from __future__ import annotations
