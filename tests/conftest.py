@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -284,3 +285,28 @@ def table_row(markdown: str, first_cell: str, having: str) -> dict[str, str]:
     rows = [row for row in markdown_table(markdown, having) if next(iter(row.values())) == first_cell]
     assert rows, f"no row {first_cell!r} in the table with a column {having!r}"
     return rows[0]
+
+
+def line_starting(markdown: str, start: str) -> str:
+    """The first line of `markdown` that begins with `start` (a bullet's "- <model>:", a sentence's first words), so
+    a test can assert the numbers said there rather than the wording around them."""
+    found = [line for line in markdown.splitlines() if line.startswith(start)]
+    assert found, f"no line begins with {start!r}"
+    return found[0]
+
+
+def caption(markdown: str, figure: str) -> str:
+    """The caption report.md puts under the figure file `figure`: the paragraph after its image."""
+    return markdown.split(f"](figures/{figure})", 1)[1].strip().split("\n\n", 1)[0]
+
+
+def clause(prose: str, subject: str) -> str:
+    """What `prose` says of `subject` (a model's name, "λ = 1e-4"): from "<subject>: " to the next "; " or the end."""
+    found = [part[part.index(f"{subject}: ") :] for part in prose.split("; ") if f"{subject}: " in part]
+    assert len(found) == 1, f"{len(found)} clauses about {subject!r} in {prose!r}"
+    return found[0].removesuffix(".")
+
+
+def numbers_in(text: str) -> list[str]:
+    """The numbers of `text` as written, in order ("91.2%", "-0.8", "1.50×", "3"), its words left out."""
+    return re.findall(r"[-+]?\d+(?:,\d{3})*(?:\.\d+)?[%×]?", text)

@@ -40,8 +40,8 @@ from netslim.config import load_config, read_yaml
 from netslim.search.choice import LOST_WORKER, exp_run_command, select_best, summarize, trial_row
 from netslim.search.figures import FIGURES, figures
 from netslim.search.objective import lambda_grid
-from netslim.search.study import LAMBDA_PARAM, LR_PARAM, trial_budget
-from netslim.vocabulary import FINETUNED, SPARSE, VAL_ACC, curve
+from netslim.search.study import LAMBDA_PARAM, LR_PARAM, PARAMS_ATTR, trial_budget
+from netslim.vocabulary import FINETUNED, NUM_PARAMS, SPARSE, VAL_ACC, curve
 
 BIN = Path(sys.executable).parent
 ONE_LAMBDA = {"lambda_min": 1e-4, "lambda_max": 1.5e-4, "lambda_steps_per_decade": 1}  # a grid of one λ: 1e-4
@@ -118,7 +118,7 @@ def test_tiny_study_writes_outputs_reuses_the_cache_logs_nested_runs_and_continu
     assert best["feasible"] is True and best["status"] == "best feasible trial"
     assert best["val_acc"] == max(t.value for t in complete)
     assert best["trial"] == max(complete, key=lambda t: (t.value, -t.number)).number
-    assert 0 <= best["test_acc"] <= 1 and best["lambda"] == "1e-4" and best["params"] > 0 and best["macs"] > 0
+    assert 0 <= best["test_acc"] <= 1 and best["lambda"] == "1e-4" and best[NUM_PARAMS] > 0 and best["macs"] > 0
     assert best["command"] in printed and best["command"].startswith("dvc exp run -S ")
 
     # Every trial carries both constraints; the second one loaded λ=1e-4 from the cache.
@@ -184,7 +184,7 @@ def _trial(value, accuracy, params, state=TrialState.COMPLETE, lam="1e-4", lr=1e
             LAMBDA_PARAM: FloatDistribution(-6, -3, step=0.25),
             LR_PARAM: FloatDistribution(1e-4, 1e-2, log=True),
         },
-        user_attrs={"lambda": lam, "params": 1000, "test_acc": 0.5} | attrs,
+        user_attrs={"lambda": lam, PARAMS_ATTR: 1000, "test_acc": 0.5} | attrs,
         constraints={"accuracy": accuracy, "params": params},
     )
 
@@ -211,8 +211,11 @@ def test_budget_best_choice_and_plots_come_from_optunas_own_api(tmp_path):
     rows = [trial_row(t) for t in study.trials]
     assert [r["feasible"] for r in rows] == [False, False, True, True, "", ""]
     assert rows[4]["val_acc"] == 0.999 and rows[5]["reason"] == LOST_WORKER
+    # a trial's parameter count, stored under the study's older attribute name, is the vocabulary's num_params
+    summary = summarize(study, config, "sqlite:///s.db")
+    assert rows[3][NUM_PARAMS] == summary[NUM_PARAMS] == 1000 and "params" not in rows[3] | summary
 
-    made = figures(study, rows, summarize(study, config, "sqlite:///s.db"), config)
+    made = figures(study, rows, summary, config)
     assert list(made) == list(FIGURES)
     history = made["history.png"].axes[0]
     assert history.get_title() == "Optimization History Plot"  # Optuna's

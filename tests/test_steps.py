@@ -135,3 +135,24 @@ def test_sparsity_training_is_seeded_by_the_config_and_finetuning_keeps_the_best
     assert epochs == [1, 2]
     assert tuned.best == tuned.fit.history[tuned.fit.best_epoch - 1]
     assert all(torch.equal(v, tuned.fit.best_state[k]) for k, v in tuned.model.state_dict().items())
+
+
+def test_the_training_steps_results_hold_their_stages_metrics_under_the_vocabularys_names(tiny_data):
+    data = _few_steps(tiny_data)
+    sparse = sparsity_train(CONFIG, data, fit_settings(CONFIG, CONFIG.train, 1e-4), CPU, "data-hash", RunOptions())
+    metrics = sparse.metrics()
+    assert list(metrics) == list(vocab.TRAIN_METRICS)
+    best = sparse.fit.history[sparse.fit.best_epoch - 1]
+    assert (metrics[vocab.LAMBDA], metrics[vocab.TEST_ACC], metrics[vocab.SPARSITY]) == (
+        1e-4,
+        best["test_acc"],
+        best["sparsity"],
+    )
+    assert metrics[vocab.STEPS] == CONFIG.train.epochs * max(1, len(data.train) // CONFIG.train.batch_size)
+
+    tuned = finetune(sparse.best_model(), data, fit_settings(CONFIG, CONFIG.finetune, 0.0), CPU, {}, RunOptions())
+    unreachable = replace(CONFIG.constraints, min_accuracy=1.0)
+    metrics = tuned.metrics(unreachable)
+    assert list(metrics) == list(vocab.FINETUNE_METRICS)
+    assert metrics[vocab.TEST_ACC] == tuned.best["test_acc"] and metrics[vocab.MACS] > 0
+    assert metrics[vocab.MEETS_CONSTRAINTS] is (tuned.best["test_acc"] >= 1.0)

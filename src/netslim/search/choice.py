@@ -11,7 +11,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from netslim.config import Config
-from netslim.search.study import LR_PARAM, redact
+from netslim.search.study import LR_PARAM, PARAMS_ATTR, redact
+from netslim.vocabulary import NUM_PARAMS
 
 LOST_WORKER = "its worker stopped sending heartbeats (killed or lost) and the trial was failed"
 
@@ -62,7 +63,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "lambda": attrs.get("lambda", ""),
         "finetune_lr": trial.params.get(LR_PARAM, ""),
         "val_acc": val_acc,
-        "params": attrs.get("params", ""),
+        NUM_PARAMS: attrs.get(PARAMS_ATTR, ""),
         "macs": attrs.get("macs", ""),
         "constraint_accuracy": c.get("accuracy", ""),
         "constraint_params": c.get("params", ""),
@@ -121,7 +122,7 @@ def summarize(study: optuna.Study, config: Config, url: str) -> dict[str, Any]:
         "ratio_used": attrs.get("ratio_used"),
         "val_acc": best.value,
         "test_acc": attrs.get("test_acc"),
-        "params": attrs.get("params"),
+        NUM_PARAMS: attrs.get(PARAMS_ATTR),
         "macs": attrs.get("macs"),
         "flops": attrs.get("flops"),
         "constraint_values": dict(best.constraints),

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from netslim.config import Config
 from netslim.io import atomic_path
+from netslim.vocabulary import NUM_PARAMS
 
 FIGURES = ("history.png", "importances.png", "accuracy_vs_params.png")
 OBJECTIVE = "validation accuracy"
@@ -86,7 +87,7 @@ def plot_accuracy_params(rows: list[dict[str, Any]], summary: dict[str, Any], co
     fig, ax = plt.subplots(figsize=(6.4, 4))
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     cons = config.constraints
-    xs = [r["params"] for r in complete] + [cons.max_params]
+    xs = [r[NUM_PARAMS] for r in complete] + [cons.max_params]
     ys = [r["val_acc"] for r in complete] + [cons.min_accuracy]
     x_lo, x_hi = min(xs) / 2, max(xs) * 2
     y_lo, y_hi = max(0.0, min(ys) - 0.05), min(1.0, max(ys) + 0.05)
@@ -102,14 +103,14 @@ def plot_accuracy_params(rows: list[dict[str, Any]], summary: dict[str, Any], co
         group = [r for r in complete if (r["feasible"] is True) == feasible]
         if group:
             ax.scatter(
-                [r["params"] for r in group],
+                [r[NUM_PARAMS] for r in group],
                 [r["val_acc"] for r in group],
                 label="feasible trials" if feasible else "infeasible trials",
                 **style,
             )
     if "trial" in summary:
         ax.scatter(
-            [summary["params"]],
+            [summary[NUM_PARAMS]],
             [summary["val_acc"]],
             s=220,
             marker="*",

@@ -26,7 +26,7 @@ from netslim.io import CheckpointError, load_checkpoint, write_json
 from netslim.layout import Layout
 from netslim.measure import model_summary
 from netslim.models import model_from_checkpoint, save_model
-from netslim.search.study import LAMBDA_PARAM, LR_PARAM
+from netslim.search.study import LAMBDA_PARAM, LR_PARAM, PARAMS_ATTR
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import finetune
 from netslim.steps.prune import prune_configured
@@ -139,7 +139,7 @@ def train_prune_finetune(ctx: Context, trial: optuna.Trial, lam: float, lr: floa
     pruned = prune_configured(sparse, ctx.data, config, ctx.device, config.search.ratio)
     model = pruned.model
     summary = model_summary(model, (1, *ctx.data.image_shape))
-    trial.set_user_attr("params", summary[NUM_PARAMS])  # the name stored studies and trials.csv use
+    trial.set_user_attr(PARAMS_ATTR, summary[NUM_PARAMS])
     trial.set_user_attr("macs", summary[MACS])
     trial.set_user_attr("flops", summary[FLOPS])
     trial.set_user_attr("ratio_used", pruned.ratio)

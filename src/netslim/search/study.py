@@ -18,6 +18,9 @@ from netslim.config import Config, ConfigError
 LAMBDA_PARAM = "log10_lambda"  # λ = 10 ** this, on a grid of 1 / lambda_steps_per_decade
 LR_PARAM = "finetune_lr"
 METRIC = "val_acc"  # the objective's name in the study (set_metric_names)
+# The user attribute of the pruned model's vocabulary.NUM_PARAMS: under its older name, which the trials of stored
+# studies (study.db, continued by every rerun) hold; trials.csv and best.json say num_params.
+PARAMS_ATTR = "params"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
 # SQLAlchemy's URL for PostgreSQL through psycopg 3 (the `postgres` extra); a bare postgresql:// picks the dialect's

@@ -10,11 +10,10 @@ import argparse
 from netslim import distributed
 from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_ratio, ratio_label
-from netslim.io import file_sha256, write_csv, write_metrics
-from netslim.measure import model_summary
+from netslim.io import file_sha256, write_csv
 from netslim.models import count_params, load_model
 from netslim.stages.model_tracking import log_model, save_checkpoint
-from netslim.stages.shell import StageShell, distributed_stage
+from netslim.stages.shell import StageShell, commit_with_metrics, distributed_stage, training_bytes
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import configured_distillation, finetune
 
@@ -50,7 +49,7 @@ def _finetune(args: argparse.Namespace, shell: StageShell) -> int:
     params = {"ratio": label, "lambda": lam}
     out, reports = layout.finetuned(label), layout.finetune_reports(label)
     files = [out, reports / vocab.HISTORY_FILE, reports / vocab.METRICS_FILE]
-    needs = 6 * 4 * count_params(model) + 2**20  # the checkpoint and the resume state (see stages/train.py)
+    needs = training_bytes(count_params(model))
     writing = shell.writing(label, f"--ratio {label}", files, f"finetune {percent}", needs, params, source, **tags)
     with writing as (outputs, run):
         tuned = finetune(
@@ -60,7 +59,7 @@ def _finetune(args: argparse.Namespace, shell: StageShell) -> int:
             device,
             identity,
             RunOptions(
-                layout.state("finetune", label),
+                shell.state(label),
                 args.resume,
                 lambda record, _m: run.epoch(record),
                 f"finetune {percent}",
@@ -70,39 +69,21 @@ def _finetune(args: argparse.Namespace, shell: StageShell) -> int:
         )
         if not shell.main_process:
             return 0
-        result, best = tuned.fit, tuned.best
-        summary = model_summary(model, (1, *data.image_shape))
-        metrics = {
-            vocab.BEST_EPOCH: result.best_epoch,
-            vocab.VAL_ACC: best["val_acc"],
-            vocab.TEST_ACC: best["test_acc"],
-            vocab.FINAL_TEST_ACC: result.history[-1]["test_acc"],
-            **summary,
-            vocab.MEETS_CONSTRAINTS: config.constraints.met_by(best["test_acc"], summary[vocab.NUM_PARAMS]),
+        metrics = tuned.metrics(config.constraints)
+        provenance = {
+            "stage": "finetune",
+            "source": str(source.path),
+            "source_sha256": source.sha256,
+            "best_epoch": tuned.fit.best_epoch,
         }
-        save_checkpoint(
-            run,
-            outputs.path(out),
-            model,
-            prov
-            | {
-                "stage": "finetune",
-                "source": str(source.path),
-                "source_sha256": source.sha256,
-                "best_epoch": result.best_epoch,
-            },
-        )
-        write_csv(outputs.path(reports / vocab.HISTORY_FILE), result.history)
-        write_metrics(outputs.path(reports / vocab.METRICS_FILE), metrics)
-        outputs.commit()
-        run.metrics(
-            {k: float(v) for k, v in metrics.items()},
-            headline=(vocab.TEST_ACC, vocab.VAL_ACC, vocab.NUM_PARAMS, vocab.MACS, vocab.MEETS_CONSTRAINTS),
-        )
+        save_checkpoint(run, outputs.path(out), model, prov | provenance)
+        write_csv(outputs.path(reports / vocab.HISTORY_FILE), tuned.fit.history)
+        headline = (vocab.TEST_ACC, vocab.VAL_ACC, vocab.NUM_PARAMS, vocab.MACS, vocab.MEETS_CONSTRAINTS)
+        commit_with_metrics(outputs, run, reports / vocab.METRICS_FILE, metrics, headline)
         log_model(run, model, data.test.images[:2], data.mean, data.std, register=True, metrics=metrics)
-    layout.state("finetune", label).unlink(missing_ok=True)
+    shell.state(label).unlink(missing_ok=True)
     print(
-        f"finetune {percent}: test acc {metrics[vocab.TEST_ACC]:.4f} (best epoch {result.best_epoch}), "
+        f"finetune {percent}: test acc {metrics[vocab.TEST_ACC]:.4f} (best epoch {metrics[vocab.BEST_EPOCH]}), "
         f"params {metrics[vocab.NUM_PARAMS]:,}, MACs {metrics[vocab.MACS]:,}, "
         f"meets constraints: {metrics[vocab.MEETS_CONSTRAINTS]}"
         f" -> {out}"

@@ -9,11 +9,11 @@ import argparse
 
 from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_lambda, parse_ratio, ratio_label
-from netslim.io import write_csv, write_metrics
+from netslim.io import write_csv
 from netslim.measure import channels_per_layer
 from netslim.models import count_params
 from netslim.stages.model_tracking import log_model, save_checkpoint
-from netslim.stages.shell import StageShell
+from netslim.stages.shell import StageShell, commit_with_metrics
 from netslim.steps.prune import LatencyOf, prune_step
 
 
@@ -62,9 +62,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             [{"layer": n, "channels_before": before[n], "channels_kept": k} for n, k in channels.items()],
         )
         metrics = outcome.metrics()
-        write_metrics(outputs.path(reports / vocab.METRICS_FILE), metrics)
-        outputs.commit()
-        run.metrics(metrics, headline=(vocab.TEST_ACC, vocab.NUM_PARAMS, vocab.MACS, vocab.RATIO_USED, vocab.THRESHOLD))
+        headline = (vocab.TEST_ACC, vocab.NUM_PARAMS, vocab.MACS, vocab.RATIO_USED, vocab.THRESHOLD)
+        commit_with_metrics(outputs, run, reports / vocab.METRICS_FILE, metrics, headline)
         run.dict({"cfg": result.model.cfg, "channels": channels}, "cfg.json")
         log_model(run, result.model, data.test.images[:2], data.mean, data.std)
     sparse_params, sparse_macs = (metrics[vocab.of_sparse(k)] for k in (vocab.NUM_PARAMS, vocab.MACS))

@@ -23,6 +23,7 @@ from netslim.search.figures import FIGURES, figures, save_png
 from netslim.search.objective import CATCH, Context, run_trial
 from netslim.search.study import counted, default_storage, open_study, redact, trial_budget
 from netslim.stages.shell import StageShell
+from netslim.vocabulary import MACS, NUM_PARAMS, TEST_ACC, VAL_ACC
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 gc_after_trial=True,
             )
         summary, files = write_outputs(study, config, url)
-        numbers = {k: summary[k] for k in ("val_acc", "test_acc", "params", "macs") if summary.get(k) is not None}
+        numbers = {k: summary[k] for k in (VAL_ACC, TEST_ACC, NUM_PARAMS, MACS) if summary.get(k) is not None}
         parent.metrics(numbers | {"feasible": float(summary["feasible"]), "trials": summary["trials"]["total"]})
         for path in files:
             parent.artifact(path)
@@ -105,7 +106,7 @@ def report_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     del study
     row = trial_row(trial)
     if trial.state == TrialState.COMPLETE:
-        what = f"val acc {row['val_acc']:.4f}, params {row['params']:,}, feasible: {row['feasible']}"
+        what = f"val acc {row['val_acc']:.4f}, params {row[NUM_PARAMS]:,}, feasible: {row['feasible']}"
     else:
         what = row["reason"]
     print(
@@ -126,7 +127,7 @@ def print_summary(summary: dict[str, Any], files: list[Path]) -> None:
         print(
             f"{summary['status']}: trial {summary['trial']}: λ={summary['lambda']}, fine-tune lr "
             f"{summary['finetune_lr']:.4g}, ratio {summary['ratio']}: val acc {summary['val_acc']:.4f}, "
-            f"test acc {summary['test_acc']:.4f}, params {summary['params']:,}, MACs {summary['macs']:,}"
+            f"test acc {summary['test_acc']:.4f}, params {summary[NUM_PARAMS]:,}, MACs {summary['macs']:,}"
         )
         print(f"run the full pipeline with these values:\n  {summary['command']}")
     print(f"outputs -> {', '.join(map(str, files))}")

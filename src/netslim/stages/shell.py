@@ -2,8 +2,13 @@
 
 A stage makes a `StageShell` (a training stage opens `distributed_stage(...)`, which makes it inside the torchrun
 session), takes the device and the prepared data from it when its own order of work reaches them, and opens
-`shell.writing(...)`: the stage's files written as a unit via `stage_outputs` inside its MLflow run. What is left in
-the stage file is what differs: its arguments, its step, its files, metrics and printed lines.
+`shell.writing(...)`: the stage's files written as a unit via `stage_outputs` inside its MLflow run, ended by
+`commit_with_metrics` (metrics.json last, the commit, the metrics logged). What is left in the stage file is what
+differs: its arguments, its step, its files and printed lines.
+
+`netslim prepare` opens `stage_outputs` and `tracking.stage_run` itself: it has no device, model or prepared data
+to take from a shell, and this module's imports (torch, the engine, the models) would join its DVC deps, so an edit
+to the training engine would rerun the data preparation.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from netslim.config import Config
 from netslim.data import PreparedData, load_prepared
 from netslim.distributed import is_main_process, resolve_device
 from netslim.engine import set_deterministic
-from netslim.io import StageOutputs, file_sha256, load_checkpoint, stage_outputs
+from netslim.io import StageOutputs, file_sha256, load_checkpoint, stage_outputs, write_metrics
 from netslim.layout import Layout
 from netslim.models import model_from_checkpoint
 from netslim.tracking import Tracker
@@ -81,6 +86,10 @@ class StageShell:
         model = model_from_checkpoint(checkpoint, path, self.config.model.arch)
         return SourceModel(path, model, checkpoint.get("provenance") or {}, file_sha256(path))
 
+    def state(self, label: str) -> Path:
+        """The resumable training state of this stage's run `label` (a training stage removes it once committed)."""
+        return self.layout.state(self.stage, label)
+
     def tracking_run(
         self, run_name: str, params: dict[str, Any] | None = None, **tags: Any
     ) -> contextlib.AbstractContextManager[Tracker]:
@@ -119,6 +128,32 @@ class StageShell:
             if source is not None:
                 run.source(source.path, source.sha256, source.provenance)
             yield outputs, run
+
+
+def commit_with_metrics(
+    outputs: StageOutputs,
+    run: Tracker,
+    path: Path,
+    metrics: dict[str, Any],
+    headline: tuple[str, ...],
+    params: tuple[str, ...] = (),
+) -> None:
+    """Write `metrics` to `path` (metrics.json: the file the stage's other files are committed with), commit the
+    stage's outputs, then log the metrics to its MLflow run.
+
+    Args:
+        headline: the keys the run is judged by (Tracker.metrics).
+        params: keys that are the run's params, not its results (train's λ): in the file, not logged as metrics.
+    """
+    write_metrics(outputs.path(path), metrics)
+    outputs.commit()
+    run.metrics({k: v for k, v in metrics.items() if k not in params}, headline=headline)
+
+
+def training_bytes(num_params: int) -> int:
+    """Disk a training stage will write, roughly: its checkpoints and the resume state (the model, its best copy and
+    Adam's two moments), 4 bytes a parameter, plus a megabyte for the reports."""
+    return 6 * 4 * num_params + 2**20
 
 
 @contextlib.contextmanager

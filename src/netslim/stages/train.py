@@ -11,11 +11,10 @@ import torch
 
 from netslim import vocabulary as vocab
 from netslim.config import Config, lambda_label, parse_lambda
-from netslim.data import PreparedData
-from netslim.io import file_sha256, write_csv, write_metrics
+from netslim.io import file_sha256, write_csv
 from netslim.models import build_model, count_params, prunable_batchnorms
 from netslim.stages.model_tracking import log_gamma_histogram, log_model, save_checkpoint
-from netslim.stages.shell import StageShell, distributed_stage
+from netslim.stages.shell import StageShell, commit_with_metrics, distributed_stage, training_bytes
 from netslim.steps import RunOptions, fit_settings
 from netslim.steps.train import initial_model, sparsity_train
 
@@ -56,7 +55,8 @@ def _train(args: argparse.Namespace, shell: StageShell) -> int:
         out / "best.pt",
         *(reports / f for f in (vocab.HISTORY_FILE, vocab.GAMMAS_FILE, vocab.METRICS_FILE)),
     ]
-    needs = _bytes_needed(config, data)
+    with torch.device("meta"):  # counts without allocating
+        needs = training_bytes(count_params(build_model(config.model.arch, data.num_classes, width=config.model.width)))
     writing = shell.writing(label, f"--lambda {label}", files, f"train λ={label}", needs, {"lambda": label}, **tags)
     with writing as (outputs, run):
         if run.enabled:
@@ -73,49 +73,24 @@ def _train(args: argparse.Namespace, shell: StageShell) -> int:
             settings,
             device,
             file_sha256(layout.prepared / "meta.json"),
-            RunOptions(layout.state("train", label), args.resume, on_epoch, f"train λ={label}", "train.lr"),
+            RunOptions(shell.state(label), args.resume, on_epoch, f"train λ={label}", "train.lr"),
         )
         if not shell.main_process:
             return 0
-        result = sparse.fit
         provenance = {"stage": "train", "lambda": lam, "dataset": config.data.dataset, "epochs": settings.epochs}
         save_checkpoint(run, outputs.path(out / "last.pt"), sparse.model, provenance | {"epoch": settings.epochs})
         model = sparse.best_model()
-        save_checkpoint(run, outputs.path(out / "best.pt"), model, provenance | {"epoch": result.best_epoch})
+        save_checkpoint(run, outputs.path(out / "best.pt"), model, provenance | {"epoch": sparse.fit.best_epoch})
         log_model(run, model, data.test.images[:2], data.mean, data.std)
-        write_csv(outputs.path(reports / vocab.HISTORY_FILE), result.history)
+        write_csv(outputs.path(reports / vocab.HISTORY_FILE), sparse.fit.history)
         write_csv(outputs.path(reports / vocab.GAMMAS_FILE), gamma_rows(model))
-        last, best = result.history[-1], result.history[result.best_epoch - 1]
-        metrics = {
-            vocab.LAMBDA: lam,
-            vocab.BEST_EPOCH: result.best_epoch,
-            vocab.VAL_ACC: result.best_val_acc,
-            vocab.TEST_ACC: best["test_acc"],
-            vocab.FINAL_TEST_ACC: last["test_acc"],
-            vocab.FINAL_TRAIN_ACC: last["train_acc"],
-            vocab.SPARSITY: best["sparsity"],
-            # optimizer steps of the whole run: how far λ could push γ (a short run needs a larger λ)
-            vocab.STEPS: settings.epochs * max(1, len(data.train) // settings.batch_size),
-            vocab.NUM_PARAMS: count_params(model),
-        }
-        write_metrics(outputs.path(reports / vocab.METRICS_FILE), metrics)
-        outputs.commit()
-        run.metrics(
-            {k: v for k, v in metrics.items() if k != vocab.LAMBDA},
-            headline=(vocab.TEST_ACC, vocab.SPARSITY, vocab.NUM_PARAMS, vocab.BEST_EPOCH),
-        )
+        metrics = sparse.metrics()
+        headline = (vocab.TEST_ACC, vocab.SPARSITY, vocab.NUM_PARAMS, vocab.BEST_EPOCH)
+        commit_with_metrics(outputs, run, reports / vocab.METRICS_FILE, metrics, headline, params=(vocab.LAMBDA,))
         run.artifact(reports / vocab.GAMMAS_FILE, "gammas")
-    layout.state("train", label).unlink(missing_ok=True)
+    shell.state(label).unlink(missing_ok=True)
     print(
-        f"train λ={label}: best val {result.best_val_acc:.4f} at epoch {result.best_epoch}, "
+        f"train λ={label}: best val {metrics[vocab.VAL_ACC]:.4f} at epoch {metrics[vocab.BEST_EPOCH]}, "
         f"test {metrics[vocab.TEST_ACC]:.4f}, sparsity {metrics[vocab.SPARSITY]:.3f} -> {out}"
     )
     return 0
-
-
-def _bytes_needed(config: Config, data: PreparedData) -> int:
-    """Disk the run will write, roughly: two checkpoints and the resume state (the model, its best copy and Adam's
-    two moments), 4 bytes a parameter, plus a megabyte for the reports."""
-    with torch.device("meta"):  # counts without allocating
-        params = count_params(build_model(config.model.arch, data.num_classes, width=config.model.width))
-    return 6 * 4 * params + 2**20

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from netslim import distributed
+from netslim import vocabulary as vocab
 from netslim.config import Config
 from netslim.data import PreparedData
 from netslim.engine import FitResult, FitSettings, fit
-from netslim.models import build_model
+from netslim.models import build_model, count_params
 from netslim.slimming.sparsity import init_bn_scale
 from netslim.steps import RunOptions
 
@@ -25,16 +26,36 @@ class SparseResult:
         model: holds the weights of the last epoch; `fit.best_state` those of the best one (by validation accuracy).
         fit: the trainer's result (history, best epoch and state).
         fingerprint: identifies what was trained (settings, architecture, data), for caches and resumes.
+        lam: λ of the penalty (`settings.sparsity_lambda`).
+        steps: optimizer steps of the whole run: how far λ could push γ (a short run needs a larger λ).
     """
 
     model: nn.Module
     fit: FitResult
     fingerprint: str
+    lam: float
+    steps: int
 
     def best_model(self) -> nn.Module:
         """The model with the best epoch's weights loaded (in place)."""
         self.model.load_state_dict(self.fit.best_state)
         return self.model
+
+    def metrics(self) -> dict[str, float]:
+        """The train stage's metrics (vocabulary.TRAIN_METRICS): the best epoch's accuracies and sparsity, the last
+        epoch's accuracies next to them."""
+        best, last = self.fit.history[self.fit.best_epoch - 1], self.fit.history[-1]
+        return {
+            vocab.LAMBDA: self.lam,
+            vocab.BEST_EPOCH: self.fit.best_epoch,
+            vocab.VAL_ACC: self.fit.best_val_acc,
+            vocab.TEST_ACC: best["test_acc"],
+            vocab.FINAL_TEST_ACC: last["test_acc"],
+            vocab.FINAL_TRAIN_ACC: last["train_acc"],
+            vocab.SPARSITY: best["sparsity"],
+            vocab.STEPS: self.steps,
+            vocab.NUM_PARAMS: count_params(self.model),
+        }
 
 
 def sparse_identity(config: Config, data_hash: str) -> dict[str, Any]:
@@ -81,4 +102,5 @@ def sparsity_train(
     result = fit(
         model, data, settings, device, fingerprint_extra=sparse_identity(config, data_hash), **options.fit_kwargs()
     )
-    return SparseResult(model, result, sparse_fingerprint(config, settings, data_hash))
+    steps = settings.epochs * max(1, len(data.train) // settings.batch_size)
+    return SparseResult(model, result, sparse_fingerprint(config, settings, data_hash), settings.sparsity_lambda, steps)
