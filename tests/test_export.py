@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import netslim
 from conftest import line_starting, markdown_table, numbers_in, table_row, tiny_params, write_params
 from netslim.cli import main
 from netslim.config import PruneConfig
@@ -159,6 +160,8 @@ def test_exported_pruned_model_is_valid_onnx_without_batchnorm_and_matches_pytor
     assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {OPSET}
     assert "BatchNormalization" not in {node.op_type for node in proto.graph.node}
     assert {p.key: p.value for p in proto.metadata_props}["mean"] == "[0.5, 0.5, 0.5]"
+    # the same bytes from any checkout: no source path (the exporter's per-node stack traces) in the file
+    assert str(Path(netslim.__file__).parent).encode() not in proto.SerializeToString()
     batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.HasField("dim_value")  # a dynamic batch size
     for n in (1, 3, 17):

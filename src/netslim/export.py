@@ -177,10 +177,25 @@ def onnx_model(
         verbose=False,
     )
     proto = program.model_proto
+    _drop_stack_traces(proto)
     for key, value in (metadata or {}).items():
         proto.metadata_props.add(key=key, value=str(value))
     onnx.checker.check_model(proto, full_check=True)  # also infers every shape: a malformed graph fails here
     return proto
+
+
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(proto: onnx.ModelProto) -> None:
+    """Remove the Python stack trace the exporter stores on every node: it names the source files by absolute path,
+    so the same model exported from two checkouts gave two files (another hash for DVC, another onnx_bytes), and
+    it was a tenth of a file's bytes. The nodes keep their module names (`namespace`, `name_scopes`)."""
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
+        kept = [prop for prop in node.metadata_props if prop.key != STACK_TRACE_KEY]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 def write_onnx(path: str | Path, proto: onnx.ModelProto) -> None:
