@@ -23,7 +23,9 @@ from netslim.slimming.surgery import prune, prune_model
 from netslim.slimming.threshold import capped_masks, select_channels
 from netslim.steps.train import initial_model
 from netslim.studies.experiments import random_masks, width_for_params
-from netslim.studies.parts import load_studies
+from netslim.studies.markdown import load_results, report_markdown
+from netslim.studies.parts import CFG_NUM_PARAMS, PARTS, load_studies
+from netslim.vocabulary import NUM_PARAMS
 from test_pipeline import DVC, run
 
 
@@ -153,6 +155,7 @@ def test_the_studies_pipeline_runs_end_to_end_on_a_tiny_project(tmp_path, fmnist
     out = repo / "reports/studies"
     controls = json.loads((out / "controls.json").read_text())
     assert len(controls["rows"]) == 6 and all(0 <= r["test_acc"] <= 1 for r in controls["rows"])
+    assert all(r[NUM_PARAMS] > 0 for r in controls["rows"]) and controls[CFG_NUM_PARAMS] > 0  # the vocabulary's name
     sweep = json.loads((out / "sweep.json").read_text())
     assert [r["ratio"] for r in sweep["rows"]] == [0.3, 0.5, 0.6]
     multipass = json.loads((out / "multipass.json").read_text())
@@ -161,6 +164,20 @@ def test_the_studies_pipeline_runs_end_to_end_on_a_tiny_project(tmp_path, fmnist
     report = (out / "README.md").read_text()
     assert "Scratch-B" in report and "Multi-pass" in report
     assert "Running stage" not in run([DVC, "repro", "studies/dvc.yaml"], repo)
+
+
+def test_the_committed_studies_read_with_todays_code_and_name_the_parameter_count_as_the_vocabulary_does():
+    """reports/studies/ holds a long run's results that `make study-report` redraws without training again: a key
+    renamed in the code but not in those files would break the report, and a stale name would stay in the files."""
+    out = ROOT / "reports/studies"
+    results = load_results(out)
+    rows = [*results["controls"]["rows"], *results["sweep"]["rows"], *results["multipass"]["passes"]]
+    assert rows and all(NUM_PARAMS in row and "params" not in row for row in rows)
+    assert results["controls"][CFG_NUM_PARAMS] == results["controls"]["rows"][0][NUM_PARAMS]
+    assert report_markdown(results) == (out / "README.md").read_text()  # the committed report is today's rendering
+    for part in PARTS:
+        header = (out / f"{part}.csv").read_text().splitlines()[0].split(",")
+        assert NUM_PARAMS in header and "params" not in header, (part, header)
 
 
 def test_distillation_at_alpha_zero_is_plain_cross_entropy():

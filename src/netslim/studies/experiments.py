@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netslim import vocabulary as vocab
 from netslim.config import Config
 from netslim.data import PreparedData
 from netslim.engine import FitSettings, evaluate
@@ -39,7 +40,7 @@ from netslim.steps import RunOptions, fit_settings
 from netslim.steps.finetune import distilled, finetune
 from netslim.steps.prune import configured_variant, pruned_variants
 from netslim.steps.train import initial_model
-from netslim.studies.parts import StudiesConfig, test_noise
+from netslim.studies.parts import CFG_NUM_PARAMS, StudiesConfig, test_noise
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Study:
             "test_acc": tuned.best["test_acc"],
             "best_epoch": tuned.fit.best_epoch,
             "epochs": settings.epochs,
-            "params": count_params(model),
+            vocab.NUM_PARAMS: count_params(model),
             "macs": self.macs(model),
         }
 
@@ -197,7 +198,7 @@ def controls(study: Study) -> dict[str, Any]:
             rows.append(row)
     return {
         "ratio": s.ratio,
-        "cfg_params": count_params(pruned),
+        CFG_NUM_PARAMS: count_params(pruned),
         "test_images": len(study.data.test),
         "noise": test_noise(rows[0]["test_acc"], len(study.data.test)),
         "scratch_e_epochs": scratch_e,
@@ -235,7 +236,7 @@ def sweep(study: Study) -> dict[str, Any]:
     reference = {
         "ratio": 0.0,
         "channels_removed": 0.0,
-        "params": count_params(study.sparse),
+        vocab.NUM_PARAMS: count_params(study.sparse),
         "macs": study.macs(study.sparse),
         "thop_macs": count_thop_macs(study.sparse, (1, *study.data.image_shape)),
         "test_acc_pruned": study.evaluate(study.sparse),
@@ -247,7 +248,7 @@ def sweep(study: Study) -> dict[str, Any]:
             {
                 "ratio": ratio,
                 "channels_removed": result.channels_removed,
-                "params": result.params_after,
+                vocab.NUM_PARAMS: result.params_after,
                 "macs": study.macs(result.model),
                 "thop_macs": count_thop_macs(result.model, (1, *study.data.image_shape)),
                 "test_acc_pruned": study.evaluate(result.model),
@@ -299,7 +300,7 @@ def multipass(study: Study) -> dict[str, Any]:
             "pass": index,
             "ratio": ratio,
             "channels_removed": 1 - sum(widths(model)) / total,
-            "params": count_params(model),
+            vocab.NUM_PARAMS: count_params(model),
             "macs": study.macs(model),
             "widths": widths(model),
             "test_acc_pruned": study.evaluate(model),
@@ -312,11 +313,11 @@ def multipass(study: Study) -> dict[str, Any]:
         trained = study.train(model, settings, f"pass {index}")
         record |= {"test_acc_trained": trained["test_acc"], "trained": "fine-tuned" if last else "sparsity-trained"}
         passes.append(record)
-    final_params = passes[-1]["params"]
+    final_params = passes[-1][vocab.NUM_PARAMS]
     single = study.pruned(study.sparse, target_params=final_params)
     single_row = {
         "channels_removed": single.channels_removed,
-        "params": single.params_after,
+        vocab.NUM_PARAMS: single.params_after,
         "macs": study.macs(single.model),
         "widths": widths(single.model),
         "test_acc_pruned": study.evaluate(single.model),
@@ -332,7 +333,7 @@ def multipass(study: Study) -> dict[str, Any]:
             {
                 "max_layer_ratio": cap,
                 "channels_removed": result.channels_removed,
-                "params": result.params_after,
+                vocab.NUM_PARAMS: result.params_after,
                 "test_acc_pruned": study.evaluate(result.model),
                 "min_width_share": min(w / n for w, n in zip(widths(result.model), widths(study.sparse), strict=True)),
             }

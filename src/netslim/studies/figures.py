@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from netslim.io import atomic_path
+from netslim.vocabulary import NUM_PARAMS
 
 
 def _figure(width: float, height: float, panels: int):
@@ -30,7 +31,7 @@ def sweep_figure(result: dict[str, Any]):
     """Accuracy against params and against batch-1 latency: after pruning (repaired), fine-tuned, the Pareto front."""
     fig, axes = _figure(11, 4.2, 2)
     rows, ref = result["rows"], result["unpruned"]
-    panels = ((axes[0], "params", "parameters"), (axes[1], "latency_ms_b1", "eager latency, batch 1 (ms)"))
+    panels = ((axes[0], NUM_PARAMS, "parameters"), (axes[1], "latency_ms_b1", "eager latency, batch 1 (ms)"))
     for ax, key, label in panels:
         ax.plot([r[key] for r in rows], [100 * r["test_acc_pruned"] for r in rows], "o-", label="right after pruning")
         for r in rows:
@@ -52,7 +53,7 @@ def sweep_figure(result: dict[str, Any]):
         ax.axhline(50, color="r", lw=0.6)
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
-        if key == "params":
+        if key == NUM_PARAMS:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
@@ -72,7 +73,7 @@ def multipass_figure(result: dict[str, Any]):
     axes[0].axhline(100 * single["test_acc_pruned"], color="grey", ls=":", label="single pass, right after pruning")
     for p in passes:
         axes[0].annotate(
-            f"{100 * p['channels_removed']:.0f}% removed\n{p['params'] / 1e3:.0f}k params",
+            f"{100 * p['channels_removed']:.0f}% removed\n{p[NUM_PARAMS] / 1e3:.0f}k params",
             (p["pass"], 100 * p["test_acc_trained"]),
             fontsize=7,
             xytext=(4, -22),

@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from netslim.studies.parts import PARTS, load_part
+from netslim.studies.parts import CFG_NUM_PARAMS, PARTS, load_part
+from netslim.vocabulary import NUM_PARAMS
 
 
 def _pct(value: float | None) -> str:
@@ -43,7 +44,7 @@ def controls_markdown(result: dict[str, Any]) -> list[str]:
                 _pct(mean[n]),
                 f"{100 * (mean[n] - base):+.2f}" if n != names[0] else "–",
                 _pct(mine[0]["test_acc_before_training"]),
-                f"{mine[0]['params']:,}",
+                f"{mine[0][NUM_PARAMS]:,}",
                 f"{mine[0]['macs']:,}",
                 str(mine[0]["epochs"]),
             ]
@@ -52,7 +53,7 @@ def controls_markdown(result: dict[str, Any]) -> list[str]:
         f"## Is slimming worth it? Controls at the {result['ratio']:g}-pruned architecture",
         "",
         f"Every row has the architecture of the sparse model pruned at {result['ratio']:g} "
-        f"({result['cfg_params']:,} params) or, last row, a uniformly narrower network of about that many params; "
+        f"({result[CFG_NUM_PARAMS]:,} params) or, last row, a uniformly narrower network of about that many params; "
         f"seeds {seeds} (training order, initialisation, random channels; the sparse model is one run). Scratch rows "
         f"train with the sparsity-training recipe at λ = 0: Scratch-E {result['scratch_e_epochs']} epochs (sparsity "
         f"training + fine-tuning), Scratch-B {result['scratch_b_epochs']} epochs (the same conv+linear MAC budget). "
@@ -114,7 +115,7 @@ def sweep_markdown(result: dict[str, Any], controls_ratio: float) -> list[str]:
         [
             f"{r['ratio']:g}",
             f"{100 * r['channels_removed']:.1f}%",
-            f"{r['params']:,}",
+            f"{r[NUM_PARAMS]:,}",
             f"{r['macs']:,}",
             f"{r['thop_macs']:,}",
             _pct(r["test_acc_pruned"]),
@@ -164,7 +165,7 @@ def multipass_markdown(result: dict[str, Any]) -> list[str]:
             str(p["pass"]),
             f"{p['ratio']:.3f}",
             f"{100 * p['channels_removed']:.1f}%",
-            f"{p['params']:,}",
+            f"{p[NUM_PARAMS]:,}",
             f"{p['macs']:,}",
             _pct(p["test_acc_pruned"]),
             _pct(p["test_acc_trained"]),
@@ -177,7 +178,7 @@ def multipass_markdown(result: dict[str, Any]) -> list[str]:
             "single pass",
             "–",
             f"{100 * single['channels_removed']:.1f}%",
-            f"{single['params']:,}",
+            f"{single[NUM_PARAMS]:,}",
             f"{single['macs']:,}",
             _pct(single["test_acc_pruned"]),
             _pct(single["test_acc_finetuned"]),
@@ -188,7 +189,7 @@ def multipass_markdown(result: dict[str, Any]) -> list[str]:
         [
             f"{c['max_layer_ratio']:g}",
             f"{100 * c['channels_removed']:.1f}%",
-            f"{c['params']:,}",
+            f"{c[NUM_PARAMS]:,}",
             f"{100 * c['min_width_share']:.1f}%",
             _pct(c["test_acc_pruned"]),
         ]
@@ -224,7 +225,7 @@ def multipass_markdown(result: dict[str, Any]) -> list[str]:
         "![multipass](multipass.png)",
         "",
         f"- Multi-pass removes {100 * last['channels_removed']:.1f}% of the prunable channels "
-        f"({last['params']:,} params) and ends at {_pct(last['test_acc_trained'])}; single-pass pruning to the same "
+        f"({last[NUM_PARAMS]:,} params) and ends at {_pct(last['test_acc_trained'])}; single-pass pruning to the same "
         f"params ends at {_pct(single['test_acc_finetuned'])} ({100 * diff:+.2f} points for multi-pass, which also "
         f"trained {st['pass_epochs'] * (len(passes) - 1)} epoch(s) more).",
         "",

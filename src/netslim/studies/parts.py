@@ -16,6 +16,8 @@ from netslim.config import ConfigError, read_yaml, section_from_dict
 from netslim.io import write_csv, write_json
 
 PARTS = ("controls", "sweep", "multipass")
+# the controls' architecture: the parameter count of the cfg every control trains (vocabulary.NUM_PARAMS of it)
+CFG_NUM_PARAMS = "cfg_num_params"
 
 
 @dataclass(frozen=True)
