@@ -231,12 +231,20 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler)
 
 
+def _exiting_line(argv: list[str], signum: int) -> str:
+    """What a signal that arrives once the stage's work is done says."""
+    command = " ".join(["netslim", *argv])
+    return (
+        f"error: interrupted by {signal.Signals(signum).name} as `{command}` exited; its outputs are written but "
+        "not recorded: rerun it (or `dvc repro`)"
+    )
+
+
 def _exit_on_signal(argv: list[str]) -> None:
     """From here on a signal ends the process at once, with 128 + the signal and one line. The stage's work is
     done, so only the interpreter's shutdown is cut short (torch's finalizers run in atexit, where a
     KeyboardInterrupt prints a traceback). It must still fail: DVC goes on to the next stage when this one
     exits 0, so an interrupted `dvc repro` would not stop."""
-    command = " ".join(["netslim", *argv])
 
     def stop(signum: int, _frame: object) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -244,11 +252,7 @@ def _exit_on_signal(argv: list[str]) -> None:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        line = (
-            f"error: interrupted by {signal.Signals(signum).name} as `{command}` exited; its outputs are written "
-            "but not recorded: rerun it (or `dvc repro`)\n"
-        )
-        os.write(2, line.encode())
+        os.write(2, (_exiting_line(argv, signum) + "\n").encode())
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -261,7 +265,9 @@ def entry() -> None:
     try:
         code = main()
     except KeyboardInterrupt as e:  # arrived after main() put the previous handlers back
-        code = 128 + getattr(e, "signum", signal.SIGINT)
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(_exiting_line(sys.argv[1:], signum), file=sys.stderr)
+        code = 128 + signum
     finally:
         _exit_on_signal(sys.argv[1:])
     sys.exit(code)
