@@ -12,10 +12,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # uv installs the ~6 GB of wheels (torch's CUDA build and its libraries) in about 30 s where pip takes about
 # 3 minutes on 2 cores. uv reads no pip configuration, so pip's own (indexes, find-links, constraints, as
 # `pip config list` shows them) is handed to it; where uv cannot be installed, pip does the work.
-# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, no .pyc would ever be written and every
-# stage would compile torch and mlflow again on import (measured here: 23 s instead of 6 s per stage). Compiling
-# on first import instead saved nothing measurable: the demo's stages and DVC import 6,200 of the 17,800 files,
-# compiled on one core as they come, where uv compiles them all on every core (50 s here).
+# The bytecode is compiled after the install, only where it is needed (netslim.tools.bytecode): before `make demo` the
+# 5,300 files the pipeline imports (4 s here), before `make test` the other 12,600 (11 s more). Where
+# PYTHONDONTWRITEBYTECODE is set no .pyc is ever written on import, so every stage would compile torch and mlflow again
+# (measured here: 23 s instead of 6 s per stage); compiling all 17,900 files at install, as pip and uv's
+# --compile-bytecode do, took 15 of the demo's 20 s of set-up.
 # postgres extra: the multi-worker search test runs on a real server; dashboard: `make dashboard` (optuna-dashboard).
 PIP_SETTINGS_FOR_UV = $(BIN)/pip config list | \
   sed -n "s/^[^.]*\.\(index-url\|extra-index-url\|find-links\|constraint\)='\(.*\)'$$/\1 \2/p" | \
@@ -23,12 +24,22 @@ PIP_SETTINGS_FOR_UV = $(BIN)/pip config list | \
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	if $(BIN)/pip install -q uv; then \
-	  $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match --compile-bytecode \
+	  $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
 	    $$($(PIP_SETTINGS_FOR_UV)) -e '.[dev,postgres,dashboard]'; \
 	else \
-	  $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -e '.[dev,postgres,dashboard]'; \
+	  $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q --no-compile -e '.[dev,postgres,dashboard]'; \
 	fi
 	touch $(STAMP)
+
+BYTECODE_LIST := src/netslim/tools/pipeline_imports.txt
+PIPELINE_BYTECODE := $(VENV)/.bytecode-pipeline
+ALL_BYTECODE := $(VENV)/.bytecode-all
+$(PIPELINE_BYTECODE): $(STAMP) $(BYTECODE_LIST)
+	$(BIN)/python -m netslim.tools.bytecode compile --list $(BYTECODE_LIST)
+	touch $@
+$(ALL_BYTECODE): $(STAMP)
+	$(BIN)/python -m netslim.tools.bytecode compile --all
+	touch $@
 
 # `dvc plots show` writes a page that loads vega, vega-lite and vega-embed from a CDN: blank offline. .dvc/config
 # (plots.html_template) points it at this page instead, which carries the three bundles inline, from npm, at the
@@ -47,9 +58,10 @@ $(PLOTS_PAGE): Makefile | system-deps
 	  printf '<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; \
 	} > $@.tmp; mv $@.tmp $@
 
-# The venv (uv, compiling on every core) and the plots page (npm, waiting on the registry) are made side by side.
+# The venv (uv, then the pipeline's bytecode on every core) and the plots page (npm, waiting on the registry) are made
+# side by side.
 setup:
-	@$(MAKE) --no-print-directory -j2 system-deps $(STAMP) $(PLOTS_PAGE)
+	@$(MAKE) --no-print-directory -j2 system-deps $(STAMP) $(PLOTS_PAGE) $(PIPELINE_BYTECODE)
 
 # Debian packages: the embedded dataset, PostgreSQL for the multi-worker Optuna test, npm for `dvc plots show`'s page.
 system-deps:
@@ -82,10 +94,10 @@ TEST_WORKERS ?= 2
 TEST_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$((n / $(TEST_WORKERS))); echo $$((t > 0 ? t : 1)))
 PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: setup
+test: setup $(ALL_BYTECODE)
 	$(PYTEST) --durations=15
 
-test-fast: setup
+test-fast: setup $(ALL_BYTECODE)
 	$(PYTEST) -m "not slow"
 
 # The stages' default tracking store (artifacts in ./mlruns); one worker and no job runner suit a laptop.
@@ -103,12 +115,12 @@ ui: $(STAMP)
 search/dvc.yaml studies/dvc.yaml: %/dvc.yaml: %/stages.yaml
 	cp $< $@
 
-search: setup search/dvc.yaml
+search: setup $(ALL_BYTECODE) search/dvc.yaml
 	$(BIN)/dvc repro search/dvc.yaml
 
 # The studies (controls, ratio sweep, multi-pass; studies/params.yaml): about 20 minutes on this 2-core CPU after the
 # demo, results in reports/studies/README.md.
-study: setup studies/dvc.yaml
+study: setup $(ALL_BYTECODE) studies/dvc.yaml
 	$(BIN)/dvc repro studies/dvc.yaml
 
 # Optuna's dashboard on the search's study: the default SQLite file, or another storage with
