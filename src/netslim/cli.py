@@ -21,6 +21,7 @@ import time
 
 from ruamel.yaml import YAMLError
 
+from netslim import stage_server
 from netslim.config import ConfigError, load_config, read_yaml
 from netslim.io import describe_os_error
 
@@ -259,18 +260,26 @@ def _exit_on_signal(argv: list[str]) -> None:
         signal.signal(signum, stop)
 
 
-def entry() -> None:
-    """The `netslim` program: main(), then an exit that a signal ends in one line, not a traceback."""
+def run(argv: list[str]) -> int:
+    """main(argv), then an exit that a signal ends in one line, not a traceback (the exit code to leave with)."""
     code = 0
     try:
-        code = main()
+        code = main(argv)
     except KeyboardInterrupt as e:  # arrived after main() put the previous handlers back
         signum = getattr(e, "signum", signal.SIGINT)
-        print(_exiting_line(sys.argv[1:], signum), file=sys.stderr)
+        print(_exiting_line(argv, signum), file=sys.stderr)
         code = 128 + signum
     finally:
-        _exit_on_signal(sys.argv[1:])
-    sys.exit(code)
+        _exit_on_signal(argv)
+    return code
+
+
+def entry() -> None:
+    """The `netslim` program: the stage runs in the demo's stage server where one answers (netslim.stage_server: its
+    imports are paid for once a demo), else here."""
+    argv = sys.argv[1:]
+    code = stage_server.run_in_server(argv)
+    sys.exit(run(argv) if code is None else code)
 
 
 if __name__ == "__main__":

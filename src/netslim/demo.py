@@ -7,8 +7,9 @@ has nothing to say. `make seed` applies profiles/seed.yaml on top (`dvc exp run 
 the seed's until `git checkout params.yaml dvc.lock && dvc checkout` (or `dvc exp apply`) brings another back.
 
 With runtime.threads set and CPUs for more than one stage, the stages that need to run are first run side by side
-(netslim.parallel_repro), each by a `dvc repro` of its own; `dvc exp run` then finds them done and records the
-experiment. An experiment with overrides (a profile, -S) runs its stages one after another inside `dvc exp run`.
+(netslim.parallel_repro), each by a `dvc repro` of its own, forked from a stage server (netslim.stage_server) that
+has paid their imports once; `dvc exp run` then finds them done and records the experiment. An experiment with
+overrides (a profile, -S) runs its stages one after another inside `dvc exp run`, each on its own.
 
 Ctrl-C or a kill reaches this process, not DVC: each DVC runs in a process group of its own and is handed a SIGINT,
 which DVC passes to the running stage (it ignores SIGINT itself while a stage runs). The stage ends where it is
@@ -20,17 +21,22 @@ as they were, so the next `make demo` starts cleanly and reuses every stage that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from netslim.config import ConfigError, load_config, read_yaml
 from netslim.io import atomic_write_bytes
 from netslim.parallel_repro import plan, run_interruptible, run_side_by_side, workers_for
+from netslim.stage_server import SERVER_ENV
 
 PARAMS = Path("params.yaml")
 
@@ -53,6 +59,30 @@ def _git(*args: str) -> str | None:
     """git's output, or None outside a git checkout (the demo also runs from an unpacked archive)."""
     result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def stage_server(env: dict[str, str], threads: int | None) -> Iterator[dict[str, str]]:
+    """netslim.stage_server for the stages run side by side: `env` with its address, for the DVC processes that run
+    them (`dvc exp run` with overrides runs its stages on their own: a profile may change runtime.threads).
+
+    It imports beside the first stage (which runs on its own), in a session of its own so that a Ctrl-C reaches
+    the stages only through their `netslim` and DVC, and it is stopped once they are done."""
+    folder = tempfile.mkdtemp(prefix="netslim-stages-")
+    address = os.path.join(folder, "server.sock")
+    server_env = env | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    cmd = [sys.executable, "-m", "netslim.stage_server", address]
+    server = subprocess.Popen(cmd, env=server_env, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield env | {SERVER_ENV: address}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if pipeline.stages:
             print(f"{len(pipeline.stages)} stages to run, {workers} at once, {threads} thread(s) each", flush=True)
-        failed, code, interrupted = run_side_by_side(pipeline, workers, env)
+        with stage_server(env, threads) if pipeline.stages else contextlib.nullcontext(env) as stage_env:
+            failed, code, interrupted = run_side_by_side(pipeline, workers, stage_env)
         if failed is not None:
             print(f"{args.name}: stage {failed} failed (exit {code}); its lines above say why", file=sys.stderr)
             return code
