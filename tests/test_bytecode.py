@@ -66,13 +66,15 @@ def test_a_missing_folder_or_list_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(lines) == 2 and "nowhere: no such folder" in lines[0] and "none.txt: no such file" in lines[1]
 
 
-# What the pipeline's processes import when they work: every stage module and the packages they import lazily (the
-# tracking store, torch's compiler that an optimizer's first step imports) and DVC.
+# What the pipeline's processes import when they work: what the demo's stage server imports for them (every stage
+# module and what they import lazily: the tracking store, the compiler module an optimizer's first step imports),
+# the export stage (ONNX Runtime) and DVC.
 STAGE_IMPORTS = """
-import json, sys
+import importlib, json, sys
 import netslim.cli
-from netslim.stages import export, finetune, prepare, prune, report, train
-import mlflow, mlflow.store.tracking.sqlalchemy_store, torch._dynamo, dvc.cli, dvc.repo
+from netslim.stage_server import PRELOAD
+for module in (*PRELOAD, "netslim.stages.export", "dvc.cli", "dvc.repo"):
+    importlib.import_module(module)
 print(json.dumps([getattr(m, "__file__", None) for m in list(sys.modules.values())]))
 """
 
