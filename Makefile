@@ -104,7 +104,7 @@ test-fast: setup $(ALL_BYTECODE)
 # First the link that opens the experiment's runs table (MLflow 3 would open its GenAI traces page).
 UI_PORT ?= 5000
 UI_STORE := sqlite:///mlflow.db
-ui: $(STAMP)
+ui: $(STAMP) $(ALL_BYTECODE)
 	@$(BIN)/python -m netslim.mlflow_ui --backend-store-uri $(UI_STORE) --host 127.0.0.1 --port $(UI_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(UI_STORE) \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
@@ -127,7 +127,7 @@ study: setup $(ALL_BYTECODE) studies/dvc.yaml
 # make dashboard STUDY=postgresql+psycopg://user:pw@host/netslim (the set-up installed it: the `dashboard` extra).
 STUDY ?= sqlite:///reports/search/study.db
 DASHBOARD_PORT ?= 8080
-dashboard: $(STAMP)
+dashboard: $(STAMP) $(ALL_BYTECODE)
 	$(BIN)/optuna-dashboard $(STUDY) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 # `dvc exp show` has a column per param and per model's metric (about 170): this keeps what tells experiments apart
