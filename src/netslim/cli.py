@@ -21,7 +21,6 @@ import time
 
 from ruamel.yaml import YAMLError
 
-from netslim import stage_server
 from netslim.config import ConfigError, load_config, read_yaml
 from netslim.io import describe_os_error
 
@@ -275,11 +274,8 @@ def run(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    """The `netslim` program: the stage runs in the demo's stage server where one answers (netslim.stage_server: its
-    imports are paid for once a demo), else here."""
-    argv = sys.argv[1:]
-    code = stage_server.run_in_server(argv)
-    sys.exit(run(argv) if code is None else code)
+    """`netslim` run in this process (the console script tries the demo's stage server first: netslim.stage_server)."""
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

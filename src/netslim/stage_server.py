@@ -4,17 +4,18 @@ each stage, so a stage starts working without paying for its imports again.
 DVC runs every stage as a process of its own (`netslim <stage>`), and each paid about 3 s of imports before its first
 line of work here (torch 0.9 s, MLflow and its SQL store 1.8 s, the compiler module an optimizer imports 0.8 s): ten
 stages a demo, seven of them side by side on two cores. The demo starts this server beside its first stage and hands
-its address to the stages in NETSLIM_STAGE_SERVER. `netslim <stage>` then sends the server its arguments, working
-directory and environment and, as file descriptors (SCM_RIGHTS), its stdin, stdout and stderr; the server forks, and
-the child runs the stage exactly as `netslim` would have, writing to the stage's own output. `netslim` waits, passes
-SIGINT and SIGTERM on to the child and exits as the child did (128 + the signal that ended it). Where no server
-answers, `netslim` runs the stage itself: outside the demo, and whenever the server is not up.
+its address to the stages in NETSLIM_STAGE_SERVER. `netslim <stage>` (its console script is `entry` below) then sends
+the server its arguments, working directory and environment and, as file descriptors (SCM_RIGHTS), its stdin, stdout
+and stderr; the server forks, and the child runs the stage exactly as `netslim` would have, writing to the stage's
+own output. `netslim` waits, passes SIGINT and SIGTERM on to the child and exits as the child did (128 + the signal
+that ended it). Where no server answers, `netslim` runs the stage itself: outside the demo, and whenever the server
+is not up.
 
 Forking is safe because the server does nothing but import: when it forks it has one thread (it checks, and stops if
-an import started another), no OpenMP pool (torch starts one at its first parallel kernel, in the child, sized by
-runtime.threads), no CUDA context and no open database. The child takes the stage's environment and working
-directory before any stage code runs; what a module read from the environment as it was imported is the demo's,
-which the stage's only extends (DVC adds its own variables).
+an import started another; jemalloc's background thread aside, see FORK_SAFE_THREADS), no OpenMP pool (torch starts
+one at its first parallel kernel, in the child, sized by runtime.threads), no CUDA context and no open database. The
+child takes the stage's environment and working directory before any stage code runs; what a module read from the
+environment as it was imported is the demo's, which the stage's only extends (DVC adds its own variables).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import signal
 import socket
 import struct
 import sys
+import threading
+import traceback
 from pathlib import Path
 
 SERVER_ENV = "NETSLIM_STAGE_SERVER"
@@ -122,6 +125,20 @@ def run_in_server(argv: list[str]) -> int | None:
             signal.signal(signum, handler)
 
 
+def entry() -> None:
+    """The `netslim` program: the stage runs in the demo's stage server where one answers, else in this process.
+
+    The console script starts here rather than in netslim.cli, so that no stage's code imports this module: it runs
+    stages but computes nothing of theirs, and a change to it must not rerun the pipeline (tests/test_dvc_graph.py)."""
+    argv = sys.argv[1:]
+    code = run_in_server(argv)
+    if code is None:
+        from netslim import cli
+
+        cli.entry()
+    sys.exit(code)
+
+
 # ---- the server ----
 
 
@@ -149,14 +166,24 @@ def _run_stage(request: dict, fds: list[int]) -> None:
     os.environ.update(request["env"])
     argv = request["argv"]
     sys.argv = ["netslim", *argv]
+    try:  # `top` and `ps -o comm` name the stage (15 characters at most), not the server it was forked from
+        Path("/proc/self/comm").write_text(" ".join(["netslim", *argv[:1]])[:15])
+    except OSError:
+        pass
     # stdout as a new process would open it: line-buffered on a terminal, written through with PYTHONUNBUFFERED
     sys.stdout.reconfigure(line_buffering=os.isatty(1), write_through=bool(os.environ.get("PYTHONUNBUFFERED")))
     from netslim import cli
 
-    code = cli.run(argv)
-    # the exit of a stage process: torch's and MLflow's exit handlers, non-daemon threads, buffered output
     try:
-        shutdown = getattr(__import__("threading"), "_shutdown", None)
+        code = cli.run(argv)
+    except SystemExit as e:  # argparse's usage errors and --help, as the interpreter would end on them
+        code = _exit_code(e)
+    except BaseException:  # a bug: the traceback and exit 1, as the interpreter would
+        traceback.print_exc()
+        code = 1
+    # the exit of a stage process: non-daemon threads joined, torch's and MLflow's exit handlers, buffered output
+    try:
+        shutdown = getattr(threading, "_shutdown", None)
         if shutdown is not None:
             shutdown()
         atexit._run_exitfuncs()
@@ -167,6 +194,13 @@ def _run_stage(request: dict, fds: list[int]) -> None:
             except (OSError, ValueError):
                 pass
         os._exit(code)
+
+
+def _exit_code(e: SystemExit) -> int:
+    if e.code is None or isinstance(e.code, int):
+        return e.code or 0
+    print(e.code, file=sys.stderr)
+    return 1
 
 
 def _other_threads() -> list[str]:
@@ -210,7 +244,10 @@ def serve(address: str) -> int:
     while True:
         for key, _events in selector.select(timeout=1.0):
             if key.data == "accept":
-                conn, _ = listener.accept()
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
                 try:
                     request, fds = _receive_request(conn)
                 except (OSError, ValueError, ConnectionError):
@@ -218,26 +255,39 @@ def serve(address: str) -> int:
                     continue
                 sys.stdout.flush()
                 sys.stderr.flush()
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError:  # the `netslim` waiting finds the connection closed and runs the stage itself
+                    pid = -1
                 if pid == 0:
-                    signal.set_wakeup_fd(-1)
-                    for signum, handler in (
-                        (signal.SIGCHLD, signal.SIG_DFL),
-                        (signal.SIGINT, signal.default_int_handler),
-                        (signal.SIGTERM, signal.SIG_DFL),
-                    ):
-                        signal.signal(signum, handler)
-                    selector.close()
-                    for fd in (wake_read, wake_write):
-                        os.close(fd)
-                    listener.close()
-                    for other in (conn, *children.values()):
-                        other.close()
-                    _run_stage(request, fds)  # does not return
+                    try:
+                        signal.set_wakeup_fd(-1)
+                        for signum, handler in (
+                            (signal.SIGCHLD, signal.SIG_DFL),
+                            (signal.SIGINT, signal.default_int_handler),
+                            (signal.SIGTERM, signal.SIG_DFL),
+                        ):
+                            signal.signal(signum, handler)
+                        selector.close()
+                        for fd in (wake_read, wake_write):
+                            os.close(fd)
+                        listener.close()
+                        for other in (conn, *children.values()):
+                            other.close()
+                        _run_stage(request, fds)  # ends the process
+                    finally:  # never back into the server's loop, whatever went wrong before the stage ran
+                        traceback.print_exc()
+                        os._exit(70)
                 for fd in fds:
                     os.close(fd)
+                if pid < 0:
+                    conn.close()
+                    continue
                 children[pid] = conn
-                conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
+                try:
+                    conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
+                except OSError:
+                    pass  # its `netslim` is gone: the closed connection stops the stage below
                 selector.register(conn, selectors.EVENT_READ, pid)
             elif key.data == "child":
                 while True:
@@ -247,7 +297,11 @@ def serve(address: str) -> int:
                         break
             else:  # a waiting `netslim` closed its end: it was killed, so its stage goes too
                 pid = key.data
-                if pid in children and not key.fileobj.recv(1, socket.MSG_PEEK):
+                try:
+                    closed = not key.fileobj.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    closed = True
+                if pid in children and closed:
                     selector.unregister(key.fileobj)
                     try:
                         os.kill(pid, signal.SIGTERM)
