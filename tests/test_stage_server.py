@@ -4,6 +4,7 @@ to the digit as `dvc repro`, no process left) is tests/test_pipeline.py's."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -135,3 +136,19 @@ def test_a_killed_netslim_takes_its_stage_in_the_server_with_it(server, tmp_path
     client.kill()
     client.wait(30)
     assert _gone(worker), f"stage {worker} still runs after its netslim {client.pid} was killed"
+
+
+def test_the_server_sees_a_thread_it_must_not_fork_with():
+    """It forks only with no thread but the main one (and jemalloc's): a child would lack the others, holding
+    whatever lock they held."""
+    script = (
+        "import json, threading\n"
+        "from netslim.stage_server import _other_threads\n"
+        "before = _other_threads()\n"
+        "stop = threading.Event()\n"
+        "threading.Thread(target=stop.wait, daemon=True).start()\n"
+        "print(json.dumps([before, _other_threads()]))\n"
+    )
+    done = run_process([sys.executable, "-c", script], timeout=60)
+    before, after = json.loads(done.stdout)
+    assert before == [] and len(after) == 1, done.stdout + done.stderr

@@ -224,7 +224,8 @@ def serve(address: str) -> int:
         print(f"stage server: importing {module} failed ({e}); stages run on their own", file=sys.stderr)
         return 1
     if threads := _other_threads():
-        print(f"stage server: the imports started threads ({', '.join(threads)}): stages run on their own")
+        names = ", ".join(threads)
+        print(f"stage server: the imports started threads ({names}): stages run on their own", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the demo is done: main() removes the socket
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
