@@ -217,12 +217,14 @@ def serve(address: str) -> int:
     ends or it is terminated. A stage that starts before the imports are done finds no server and runs on its own:
     the demo's first stage runs beside the imports instead of waiting for them."""
     parent = os.getppid()
-    try:
-        for module in PRELOAD:
+    for module in PRELOAD:
+        try:
             importlib.import_module(module)
-    except Exception as e:  # a broken import: the stages import on their own, and say what is wrong
-        print(f"stage server: importing {module} failed ({e}); stages run on their own", file=sys.stderr)
-        return 1
+        except ModuleNotFoundError:
+            pass  # a release that moved it: the stages import what they use themselves
+        except Exception as e:  # a broken import: the stages import on their own, and say what is wrong
+            print(f"stage server: importing {module} failed ({e}); stages run on their own", file=sys.stderr)
+            return 1
     if threads := _other_threads():
         names = ", ".join(threads)
         print(f"stage server: the imports started threads ({names}): stages run on their own", file=sys.stderr)
