@@ -313,7 +313,10 @@ def serve(address: str) -> int:
         _reap(children, selector)
         if os.getppid() != parent:  # the demo is gone
             for pid in children:
-                os.kill(pid, signal.SIGTERM)
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:  # ended since _reap
+                    pass
             return 0
 
 
@@ -329,7 +332,7 @@ def _reap(children: dict[int, socket.socket], selector: selectors.BaseSelector) 
         conn = children.pop(pid, None)
         if conn is None:
             continue
-        code = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(status)  # -N where signal N ended it: a shell's 128 + N
         try:
             conn.sendall((json.dumps({"exit": code if code >= 0 else 128 - code}) + "\n").encode())
         except OSError:
